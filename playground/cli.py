@@ -1,0 +1,144 @@
+"""Command line: `python -m playground {strategies,generate,serve,bench}`.
+
+Errors print one line to stderr and exit 2 (bad input) or 1 (anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from strategies import REGISTRY
+
+from .events import MetricsEvent, TokenEvent, to_dicts
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param expects key=value, got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def cmd_strategies(args) -> int:
+    schemas = [cls.schema() for cls in REGISTRY.values()]
+    if args.json:
+        print(json.dumps(schemas, indent=2))
+        return 0
+    for s in schemas:
+        print(f"{s['name']:<10} {s['title']}")
+        for p in s["params"]:
+            rng = f" [{p['low']}, {p['high']}]" if p["low"] is not None else ""
+            choices = f" {{{', '.join(p['choices'])}}}" if p["choices"] else ""
+            print(f"    --param {p['name']}={p['default']}{rng}{choices}  {p['help']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .runner import GenerationRequest, InvalidRequest, execute, prepare
+
+    try:
+        params = _parse_params(args.param)
+        request = GenerationRequest(prompt=args.prompt, strategy=args.strategy, params=params, model_id=args.model,
+                                    dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                                    chat=not args.raw)
+        prepared = prepare(request)
+    except (InvalidRequest, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    events = []
+    for event in execute(prepared):
+        events.append(event)
+        if not args.json and isinstance(event, TokenEvent):
+            print(event.text, end="", flush=True)
+    run_id = None
+    if not args.no_save:
+        from storage import default_repository
+
+        run_id = default_repository().save(events)
+    metrics = events[-1]
+    assert isinstance(metrics, MetricsEvent)
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    if args.json:
+        print(json.dumps({
+            "run_id": run_id,
+            "text": "".join(t.text for t in tokens),
+            "token_ids": [t.token_id for t in tokens],
+            "notices": events[0].notices,
+            "metrics": metrics.to_dict(),
+            "events": to_dicts(events),
+        }))
+    else:
+        print()
+        for notice in events[0].notices:
+            print(f"note: {notice}", file=sys.stderr)
+        print(f"[{metrics.new_tokens} tokens, {metrics.tokens_per_s:.1f} tok/s, {metrics.forward_passes} forward passes,"
+              f" stopped by {metrics.stop_reason}{', run ' + run_id if run_id else ''}]", file=sys.stderr)
+    return 1 if metrics.stop_reason == "error" else 0
+
+
+def cmd_serve(args) -> int:
+    from .ui import launch
+
+    launch(host=args.host, port=args.port)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m playground", description="Decoding Playground")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("strategies", help="list decoding methods and their parameters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_strategies)
+
+    p = sub.add_parser("generate", help="run one method on one prompt")
+    p.add_argument("--strategy", default="greedy", help=f"one of: {', '.join(REGISTRY)}")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--model", default=None, help="'embedded' (default), a Hub id or a local folder")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt as plain text")
+    p.add_argument("--no-save", action="store_true", help="do not save the run to the database")
+    p.add_argument("--json", action="store_true", help="print text, token ids, metrics and events as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="start the web app (same as python app.py)")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="tokens/s of every method against transformers' generate, same process")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one clear line, not a traceback
+        from .models import ModelLoadError
+
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ModelLoadError) else 1

@@ -1,0 +1,160 @@
+"""Trace events: the one spine of the app.
+
+A strategy yields these; the runner adds timing and metrics; visualizers draw them; storage
+saves them as JSON; a saved run re-renders from them without touching the model. Every event
+is a plain dataclass of JSON types, tagged with its `type` when serialised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+EVENT_TYPES: dict[str, type["Event"]] = {}
+
+
+def event_type(name: str):
+    """Register a dataclass as an event kind under `name` (the JSON `type` tag)."""
+
+    def register(cls):
+        cls.type = name
+        EVENT_TYPES[name] = cls
+        return cls
+
+    return register
+
+
+@dataclass
+class Event:
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    data = dict(data)
+    cls = EVENT_TYPES[data.pop("type")]
+    names = {f.name for f in dataclasses.fields(cls)}
+    event = cls(**{k: v for k, v in data.items() if k in names})
+    # Nested dataclasses come back as dicts; each event type knows how to revive its own.
+    return event.revive() if hasattr(event, "revive") else event
+
+
+@dataclass
+class Alternative:
+    token_id: int
+    text: str
+    prob: float
+
+
+@event_type("run_started")
+@dataclass
+class RunStarted(Event):
+    run_id: str
+    model_id: str
+    dtype: str
+    strategy: str
+    params: dict[str, Any]
+    seed: int
+    prompt: str
+    prompt_tokens: int
+    max_new_tokens: int
+    notices: list[str] = field(default_factory=list)
+
+
+@event_type("token")
+@dataclass
+class TokenEvent(Event):
+    """One committed output token, with the model's own view of that step.
+
+    `logprob`, `entropy` (nats) and `alternatives` come from the model's untempered
+    distribution, so runs of different methods are comparable; `kept` is the number of
+    tokens a truncation rule left in play, `sampled_prob` the token's probability in the
+    distribution it was actually drawn from.
+    """
+
+    index: int
+    token_id: int
+    text: str
+    logprob: float
+    entropy: float
+    alternatives: list[Alternative]
+    kept: int | None = None
+    sampled_prob: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # method-specific per-step numbers
+
+    def revive(self) -> "TokenEvent":
+        self.alternatives = [a if isinstance(a, Alternative) else Alternative(**a) for a in self.alternatives]
+        return self
+
+
+@dataclass
+class TreeNode:
+    id: int
+    parent: int | None
+    token_id: int
+    text: str
+    score: float                  # method-defined: cumulative logprob for beams, q or p for drafts
+    logprob: float | None = None
+    status: str = "open"          # open | kept | pruned | finished | chosen | accepted | rejected | bonus
+    label: str = ""
+
+
+@event_type("tree")
+@dataclass
+class TreeEvent(Event):
+    """The search or draft tree after one step (cumulative for beam search)."""
+
+    step: int
+    nodes: list[TreeNode]
+    preview: str = ""             # best uncommitted text so far (shown greyed while streaming)
+    title: str = ""
+    reset: bool = True            # True: a new tree (one per speculative step); False: grow the last one
+    chosen: int | None = None     # a node whose root path is the answer (highlighted)
+
+    def revive(self) -> "TreeEvent":
+        self.nodes = [n if isinstance(n, TreeNode) else TreeNode(**n) for n in self.nodes]
+        return self
+
+
+@event_type("stats")
+@dataclass
+class StatsEvent(Event):
+    """Method-specific running numbers (e.g. beam count, acceptance). Last one wins in metrics."""
+
+    values: dict[str, float]
+
+
+@event_type("metrics")
+@dataclass
+class MetricsEvent(Event):
+    """Measured, never estimated: every number comes from clocks and counters of this run."""
+
+    new_tokens: int
+    elapsed_s: float
+    time_to_first_token_s: float | None
+    tokens_per_s: float
+    forward_passes: int
+    tokens_per_forward: float
+    model_bytes: int
+    bandwidth_gb_s: float
+    machine_bandwidth_gb_s: float | None
+    stop_reason: str              # eos | length | stopped | error
+    method: dict[str, float] = field(default_factory=dict)
+    draft_forward_passes: int = 0
+
+
+@event_type("error")
+@dataclass
+class ErrorEvent(Event):
+    message: str
+
+
+def to_dicts(events: list[Event]) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in events]
+
+
+def from_dicts(items: list[dict[str, Any]]) -> list[Event]:
+    return [event_from_dict(d) for d in items]

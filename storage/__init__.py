@@ -1,0 +1,3 @@
+from .repository import RunRepository, default_repository, output_text
+
+__all__ = ["RunRepository", "default_repository", "output_text"]

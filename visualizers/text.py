@@ -1,0 +1,86 @@
+"""The output text as HTML: each token coloured by its probability, alternatives on hover.
+
+Everything that came from a user or a model is escaped here: a prompt or a token such as
+`<img src=x onerror=alert(1)>` is shown as text, never interpreted.
+"""
+
+from __future__ import annotations
+
+import html
+
+from playground.events import Event, RunStarted, TokenEvent, TreeEvent
+
+CONTROL_NAMES = {"\n": "\u21b5\n", "\t": "\u2192\t", "\r": "\u240d"}
+
+
+def visible(text: str) -> str:
+    """Make whitespace and control characters visible (so a newline token can be seen and hovered)."""
+    out = []
+    for ch in text:
+        if ch in CONTROL_NAMES:
+            out.append(CONTROL_NAMES[ch])
+        elif ord(ch) < 32 or 127 <= ord(ch) < 160:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def probability_colour(prob: float) -> str:
+    """Red (unlikely) to green (likely), light enough to read black text on."""
+    hue = int(120 * max(0.0, min(1.0, prob)))
+    return f"hsl({hue}, 75%, 82%)"
+
+
+def token_tooltip(event: TokenEvent) -> str:
+    import math
+
+    lines = [f"p = {math.exp(event.logprob):.3f}   H = {event.entropy:.2f} nats"]
+    if event.kept is not None:
+        lines[0] += f"   kept = {event.kept}"
+    for alt in event.alternatives:
+        mark = "\u25b6" if alt.token_id == event.token_id else "  "
+        lines.append(f"{mark} {visible(alt.text)!r:<18} {alt.prob:.3f}")
+    return "\n".join(lines)
+
+
+def tokens_html(events: list[Event]) -> str:
+    import math
+
+    parts = []
+    for event in events:
+        if isinstance(event, TokenEvent):
+            colour = probability_colour(math.exp(event.logprob))
+            parts.append(
+                f'<span class="dp-tok" style="background:{colour}" data-index="{event.index}" '
+                f'data-tip="{esc(token_tooltip(event))}">{esc(visible(event.text)) or "&#8203;"}</span>'
+            )
+    preview = ""
+    if not parts:
+        previews = [e.preview for e in events if isinstance(e, TreeEvent) and e.preview]
+        if previews:
+            preview = f'<span class="dp-preview" title="best hypothesis so far, not yet committed">{esc(previews[-1])}</span>'
+    prompt = next((e.prompt for e in events if isinstance(e, RunStarted)), "")
+    head = f'<div class="dp-prompt">{esc(prompt)}</div>' if prompt else ""
+    body = "".join(parts) + preview or '<span class="dp-empty">(no output yet)</span>'
+    return f'<div class="dp-text">{head}<div class="dp-output">{body}</div></div>'
+
+
+CSS = """
+.dp-text { font-family: ui-monospace, monospace; font-size: 14px; line-height: 1.9; }
+.dp-prompt { white-space: pre-wrap; color: #555; border-left: 3px solid #ccc; padding-left: 8px; margin-bottom: 8px; }
+.dp-output { white-space: pre-wrap; word-break: break-word; }
+.dp-tok { position: relative; border-radius: 3px; padding: 1px 0; color: #111; cursor: default; }
+.dp-tok:hover { outline: 2px solid #333; }
+.dp-tok:hover::after { content: attr(data-tip); position: absolute; left: 0; top: 1.8em; z-index: 50;
+  white-space: pre; background: #222; color: #eee; padding: 6px 8px; border-radius: 4px; font-size: 12px;
+  line-height: 1.4; pointer-events: none; }
+.dp-preview { color: #888; font-style: italic; }
+.dp-empty { color: #999; }
+.dp-metrics td { padding: 2px 10px 2px 0; } .dp-metrics td:first-child { color: #666; }
+.dp-notice { color: #8a5a00; }
+"""

@@ -1,0 +1,99 @@
+"""Token trees (beam search, draft trees): networkx holds the structure, plotly draws it.
+
+A TreeEvent with reset=True starts a new tree; reset=False adds nodes to the current one
+(beam search grows one tree over the run). Nodes are coloured by status; the root path of
+`chosen` is drawn thick.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import plotly.graph_objects as go
+
+from playground.events import Event, TreeEvent, TreeNode
+
+from .text import esc, visible
+
+STATUS_COLOURS = {
+    "kept": "#1f77b4", "open": "#1f77b4", "pruned": "#c7c7c7", "finished": "#ff7f0e", "chosen": "#2ca02c",
+    "accepted": "#2ca02c", "rejected": "#d62728", "bonus": "#9467bd",
+}
+MAX_NODES = 1500  # beyond this the drawing is unreadable anyway; keep the newest nodes
+
+
+def current_tree(events: list[Event]) -> tuple[dict[int, TreeNode], int | None, str]:
+    nodes: dict[int, TreeNode] = {}
+    chosen, title = None, ""
+    for event in events:
+        if isinstance(event, TreeEvent):
+            if event.reset:
+                nodes, chosen = {}, None
+            for node in event.nodes:
+                nodes[node.id] = node
+            chosen = event.chosen if event.chosen is not None else chosen
+            title = event.title or title
+    return nodes, chosen, title
+
+
+def tidy_layout(graph: nx.DiGraph) -> dict[int, tuple[float, float]]:
+    """Depth on x; leaves stacked on y in DFS order, parents centred over their children."""
+    pos: dict[int, tuple[float, float]] = {}
+    next_leaf = [0.0]
+
+    def place(node, depth):
+        children = sorted(graph.successors(node))
+        if not children:
+            pos[node] = (depth, next_leaf[0])
+            next_leaf[0] += 1
+        else:
+            for child in children:
+                place(child, depth + 1)
+            pos[node] = (depth, sum(pos[c][1] for c in children) / len(children))
+
+    for root in sorted(n for n in graph.nodes if graph.in_degree(n) == 0):
+        place(root, 0)
+    return pos
+
+
+def tree_figure(events: list[Event]) -> go.Figure | None:
+    nodes, chosen, title = current_tree(events)
+    if not nodes:
+        return None
+    if len(nodes) > MAX_NODES:
+        keep = sorted(nodes)[-MAX_NODES:]
+        nodes = {i: nodes[i] for i in keep}
+    graph = nx.DiGraph()
+    graph.add_node(-1)                                  # the prompt
+    for node in nodes.values():
+        graph.add_edge(node.parent if node.parent in nodes else -1, node.id)
+    pos = tidy_layout(graph)
+    on_path = set(nx.ancestors(graph, chosen)) | {chosen} if chosen in graph else set()
+
+    fig = go.Figure()
+    for highlighted in (False, True):
+        xs, ys = [], []
+        for a, b in graph.edges:
+            if (b in on_path) == highlighted:
+                xs += [pos[a][0], pos[b][0], None]
+                ys += [pos[a][1], pos[b][1], None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                 line=dict(color="#2ca02c" if highlighted else "#bbb", width=4 if highlighted else 1)))
+    shown = [n for n in nodes.values() if n.id in pos]
+    for status in dict.fromkeys(("chosen" if n.id in on_path else n.status) for n in shown):
+        group = [n for n in shown if ("chosen" if n.id in on_path else n.status) == status]
+        fig.add_trace(go.Scatter(
+            x=[pos[n.id][0] for n in group], y=[pos[n.id][1] for n in group], mode="markers+text", name=status,
+            text=[esc(visible(n.text))[:12] for n in group], textposition="middle right",
+            marker=dict(size=10, color=STATUS_COLOURS.get(status, "#7f7f7f"), line=dict(width=1, color="#333")),
+            customdata=[[esc(repr(visible(n.text))), n.score, n.logprob if n.logprob is not None else float("nan"),
+                         esc(n.label)] for n in group],
+            hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.3f}<br>logprob %{customdata[2]:.3f}"
+                          "<br>%{customdata[3]}<extra></extra>",
+        ))
+    fig.add_trace(go.Scatter(x=[pos[-1][0]], y=[pos[-1][1]], mode="markers+text", text=["prompt"],
+                             textposition="middle left", marker=dict(size=12, color="#333"), name="prompt",
+                             hoverinfo="skip"))
+    fig.update_layout(title=esc(title or "Tree"), height=max(300, min(900, 18 * len(pos) ** 0.8)),
+                      margin=dict(l=40, r=40, t=40, b=30), xaxis=dict(title="depth", dtick=1),
+                      yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.1))
+    return fig
