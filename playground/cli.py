@@ -45,7 +45,7 @@ def cmd_generate(args) -> int:
         params = _parse_params(args.param)
         request = GenerationRequest(prompt=args.prompt, strategy=args.strategy, params=params, model_id=args.model,
                                     dtype=args.dtype, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                                    chat=not args.raw)
+                                    chat=not args.raw, draft_model_id=args.draft_model)
         prepared = prepare(request)
     except (InvalidRequest, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--model", default=None, help="'embedded' (default), a Hub id or a local folder")
+    p.add_argument("--draft-model", default=None, help="draft model for speculative methods (same tokenizer)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

@@ -51,6 +51,20 @@ class DecodeSession:
                              logits_to_keep=1 if last_only else 0, **kwargs)
         return out.logits[:, -1] if last_only else out.logits, out
 
+    def draft_forward(self, input_ids: torch.Tensor | list[int], cache=None, last_only: bool = True, **kwargs):
+        """One counted forward pass of the draft model (same contract as `forward`)."""
+        if self.draft_model is None:
+            raise RuntimeError("this method needs a draft model")
+        if not torch.is_tensor(input_ids):
+            input_ids = torch.tensor([input_ids], dtype=torch.long)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        self.draft_forward_passes += 1
+        with torch.inference_mode():
+            out = self.draft_model(input_ids=input_ids.to(self.device), cache=cache, use_cache=cache is not None,
+                                   logits_to_keep=1 if last_only else 0, **kwargs)
+        return out.logits[:, -1] if last_only else out.logits, out
+
     def prefill(self, cache) -> torch.Tensor:
         """Run the prompt through the model; returns next-token logits (V,)."""
         logits, _ = self.forward(self.prompt_ids, cache)

@@ -19,9 +19,10 @@ from .config import settings
 from .decoding import DecodeSession
 from .events import ErrorEvent, Event, MetricsEvent, RunStarted, StatsEvent, TokenEvent
 from .hardware import machine_bandwidth_gb_s
-from .models import LoadedModel, ModelLoadError, load_model
+from .models import EMBEDDED, LoadedModel, ModelLoadError, load_model
 
 MAX_PROMPT_CHARS = 100_000
+DEFAULT_DRAFT = EMBEDDED
 MAX_SEED = 2**63 - 1
 
 
@@ -39,6 +40,7 @@ class GenerationRequest:
     max_new_tokens: int = 64
     seed: int = 0
     chat: bool = True           # wrap the prompt in the model's chat template (instruct models)
+    draft_model_id: str | None = None   # for methods with needs_draft; must share the tokenizer
 
 
 @dataclass
@@ -50,6 +52,7 @@ class PreparedRun:
     max_new_tokens: int
     seed: int
     notices: list[str]
+    draft: LoadedModel | None = None
 
 
 def _as_int(value: Any, name: str) -> int:
@@ -92,6 +95,14 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
             loaded = load_model(request.model_id, request.dtype)
         except ModelLoadError as exc:
             raise InvalidRequest(str(exc)) from None
+    draft = None
+    if strategy.needs_draft:
+        try:
+            draft = load_model(request.draft_model_id or DEFAULT_DRAFT, loaded.dtype)
+        except ModelLoadError as exc:
+            raise InvalidRequest(f"draft model: {exc}") from None
+        if draft.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
+            raise InvalidRequest(f"draft model {draft.model_id!r} does not share the target's tokenizer.")
     prompt_ids = loaded.encode_prompt(prompt, chat=request.chat)
     room = loaded.context_length - len(prompt_ids)
     if room < 1:
@@ -101,14 +112,14 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
     if max_new > room:
         notices.append(f"max_new_tokens was reduced to {room} to fit the model's context.")
         max_new = room
-    return PreparedRun(request, loaded, strategy, prompt_ids, max_new, seed, notices)
+    return PreparedRun(request, loaded, strategy, prompt_ids, max_new, seed, notices, draft)
 
 
 def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str | None = None) -> Iterator[Event]:
     """Run the strategy and yield its events, framed by RunStarted and MetricsEvent."""
     loaded = run.loaded
     session = DecodeSession(loaded.model, loaded.tokenizer, run.prompt_ids, run.max_new_tokens,
-                            loaded.eos_ids, run.seed)
+                            loaded.eos_ids, run.seed, draft_model=run.draft.model if run.draft else None)
     yield RunStarted(run_id=run_id or uuid.uuid4().hex, model_id=loaded.model_id, dtype=loaded.dtype,
                      strategy=run.strategy.name, params=dict(run.strategy.p), seed=run.seed,
                      prompt=run.request.prompt, prompt_tokens=len(run.prompt_ids),

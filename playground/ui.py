@@ -78,6 +78,8 @@ def build_app() -> gr.Blocks:
                     with gr.Column(scale=1, min_width=300):
                         model = gr.Textbox(value=settings().default_model, label="Model",
                                            info=f"'{EMBEDDED}' = {EMBEDDED_NAME}; or a Hub id / local folder")
+                        draft = gr.Textbox(value="", label="Draft model (speculative methods)",
+                                           info="empty = the method's default; any model sharing the tokenizer")
                         dtype = gr.Radio(["float32", "bfloat16"], value=settings().default_dtype, label="dtype")
                         method = gr.Dropdown([(REGISTRY[n].title, n) for n in names], value="greedy", label="Method")
                         method_help = gr.Markdown(_method_help("greedy"))
@@ -131,12 +133,13 @@ def build_app() -> gr.Blocks:
 
         method.change(pick_method, method, groups + [method_help])
 
-        def run(model_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text, *values,
+        def run(model_id, draft_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text, *values,
                 request: gr.Request):
             params = {p: v for (m, p), v in zip(param_keys, values) if m == method_name}
             req = GenerationRequest(prompt=prompt_text, strategy=method_name, params=params, model_id=model_id,
                                     dtype=dtype_name, max_new_tokens=max_new_tokens if max_new_tokens is not None else 64,
-                                    seed=seed_value if seed_value is not None else 0, chat=bool(use_chat))
+                                    seed=seed_value if seed_value is not None else 0, chat=bool(use_chat),
+                                    draft_model_id=(draft_id or "").strip() or None)
             try:
                 prepared = prepare(req)
             except InvalidRequest as exc:
@@ -158,7 +161,7 @@ def build_app() -> gr.Blocks:
             outputs = _outputs_for(events)
             yield [outputs[0], _share_link(run_id), *outputs[1:]]
 
-        gen_inputs = [model, dtype, method, max_new, seed, chat, prompt, *param_inputs]
+        gen_inputs = [model, draft, dtype, method, max_new, seed, chat, prompt, *param_inputs]
         gen_outputs = [text, link, metrics, *plots]
         generate_btn.click(run, gen_inputs, gen_outputs, concurrency_limit=1)
         prompt.submit(run, gen_inputs, gen_outputs, concurrency_limit=1)

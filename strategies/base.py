@@ -63,6 +63,7 @@ class Strategy:
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""          # link to the paper (or the reference implementation)
     lossless: ClassVar[bool] = False   # output equals plain greedy, token for token
+    needs_draft: ClassVar[bool] = False  # uses a separate draft model (GenerationRequest.draft_model_id)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, **values: Any):
@@ -89,5 +90,6 @@ class Strategy:
             "summary": cls.summary,
             "paper": cls.paper,
             "lossless": cls.lossless,
+            "needs_draft": cls.needs_draft,
             "params": [p.schema() for p in cls.params],
         }
