@@ -119,6 +119,26 @@ class TreeEvent(Event):
         return self
 
 
+@event_type("verify")
+@dataclass
+class VerifyEvent(Event):
+    """One draft-then-verify round of a speculative method (the tree itself goes in a TreeEvent).
+
+    `depth_accepted[d]` says whether the round's accepted path reached depth d+1, for every
+    depth at which the round proposed at least one draft token: the per-position acceptance.
+    `rejection`, for sampling modes, holds the top tokens at the first rejection with their
+    target p, draft q and the residual max(0, p - q) normalised: keys token_ids, texts, p, q, residual.
+    """
+
+    step: int
+    drafted: int                  # draft tokens proposed this round (tree nodes, root excluded)
+    accepted: int                 # of them accepted
+    emitted: int                  # tokens committed this round (accepted + bonus or correction)
+    depth_accepted: list[bool] = field(default_factory=list)
+    rejection: dict[str, Any] | None = None
+    source: str = ""              # where the drafts came from (draft model, layer 12, retrieval, ...)
+
+
 @event_type("stats")
 @dataclass
 class StatsEvent(Event):
