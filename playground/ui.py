@@ -1,7 +1,6 @@
 """The Gradio app. Built entirely from the strategy registry and the visualizer panels:
 nothing here knows about any particular decoding method."""
 
-from __future__ import annotations
 
 import html
 import threading
@@ -133,8 +132,10 @@ def build_app() -> gr.Blocks:
 
         method.change(pick_method, method, groups + [method_help])
 
-        def run(model_id, draft_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text, *values,
-                request: gr.Request):
+        def run(request: gr.Request, *inputs):
+            # gradio injects `request` by position, so the inputs arrive as one flat tuple
+            model_id, draft_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text = inputs[:8]
+            values = inputs[8:]
             params = {p: v for (m, p), v in zip(param_keys, values) if m == method_name}
             req = GenerationRequest(prompt=prompt_text, strategy=method_name, params=params, model_id=model_id,
                                     dtype=dtype_name, max_new_tokens=max_new_tokens if max_new_tokens is not None else 64,

@@ -5,7 +5,10 @@ from __future__ import annotations
 from .base import InvalidParameter, Param, Strategy
 from .beam import BeamSearch
 from .greedy import Greedy
+from .prompt_lookup import PromptLookup
 from .sampling import Sampling
+from .speculative import SpeculativeSampling
+from .token_recycling import TokenRecycling
 from .top_h import TopH
 
 REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
@@ -13,6 +16,9 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     Sampling,
     TopH,
     BeamSearch,
+    PromptLookup,
+    TokenRecycling,
+    SpeculativeSampling,
 )}
 
 

@@ -44,7 +44,7 @@ def probability_figure(events: list[Event]) -> go.Figure | None:
     steps = [t.index for t in tokens]
     fig = go.Figure(go.Bar(x=steps, y=[math.exp(t.logprob) for t in tokens], name="p(chosen token)",
                            text=_hover(tokens), hovertemplate="step %{x} %{text}<br>p = %{y:.3f}<extra></extra>",
-                           marker_color=[f"hsl({int(120 * math.exp(t.logprob))},60%,55%)" for t in tokens]))
+                           marker_color=[f"hsl({int(120 * math.exp(t.logprob))},60%,55%)" for t in tokens], textposition="none"))
     if any(t.sampled_prob is not None for t in tokens):
         fig.add_trace(go.Scatter(x=steps, y=[t.sampled_prob for t in tokens], mode="markers",
                                  name="p in the sampled (truncated) distribution", marker=dict(symbol="x", color="#333")))

@@ -1,0 +1,259 @@
+"""Tree attention: verify a whole draft tree in ONE forward pass on top of the KV cache.
+
+Shared machinery for every tree-speculative method (Token Recycling, DySpec, RASD, RSD, SpecTr).
+The recipe (ALGORITHMS.md section 0, checked on transformers 5.24):
+
+- the cache holds the committed prefix *minus* the root: node 0 of a tree is the last committed
+  token, not yet run through the model;
+- every node attends to the cached prefix, its ancestors and itself: an additive float mask,
+  0 = allowed, finfo(dtype).min = blocked (a bool mask is wrong under eager attention);
+- a node's position is past_len + depth, so its logits (and its KV rows) are exactly those of a
+  sequential forward along its root path.
+
+After a round, `keep_path` keeps the KV rows of the accepted root path and drops the rest, so the
+cache again holds "committed minus the pending root" without re-running anything.
+
+Typical round (greedy):
+
+    tree = DraftTree.rooted(root)                 # then tree.add(parent, token) ...
+    past_len = cache.get_seq_length()
+    logits = verify_tree(session, tree, cache)    # (n, V); cache now past_len + n
+    path = greedy_accept(tree, logits)            # [0, a1, ..., ak]
+    bonus = int(logits[path[-1]].argmax())
+    keep_path(cache, past_len, path)              # cache: past_len + k + 1; bonus is the next root
+"""
+
+from __future__ import annotations
+
+import math
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from playground.events import StatsEvent, TreeEvent, TreeNode, VerifyEvent
+
+
+@dataclass
+class DraftTree:
+    """A token tree in topological order. Node 0 is the root (the last committed token, not yet
+    in the cache); parents[0] == -1 and parents[i] < i for every other node."""
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        assert self.parents and self.parents[0] == -1, "node 0 must be the root"
+        assert all(0 <= p < i for i, p in enumerate(self.parents) if i), "parents must come first"
+        self.depths = [0]
+        for p in self.parents[1:]:
+            self.depths.append(self.depths[p] + 1)
+
+    @classmethod
+    def rooted(cls, root_token: int) -> "DraftTree":
+        return cls([int(root_token)], [-1])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, parent: int, token: int) -> int:
+        """Append a child of `parent`; returns its index."""
+        assert 0 <= parent < len(self.tokens)
+        self.tokens.append(int(token))
+        self.parents.append(parent)
+        self.depths.append(self.depths[parent] + 1)
+        return len(self.tokens) - 1
+
+    def depth(self, i: int) -> int:
+        return self.depths[i]
+
+    def children(self, i: int) -> list[int]:
+        return [j for j in range(i + 1, len(self.parents)) if self.parents[j] == i]
+
+    def child_with_token(self, i: int, token: int) -> int | None:
+        for j in range(i + 1, len(self.parents)):
+            if self.parents[j] == i and self.tokens[j] == token:
+                return j
+        return None
+
+    def path(self, i: int) -> list[int]:
+        """Node indices from the root down to i."""
+        out = []
+        while i >= 0:
+            out.append(i)
+            i = self.parents[i]
+        return out[::-1]
+
+    def max_depth(self) -> int:
+        return max(self.depths)
+
+
+def tree_mask(tree: DraftTree, past_len: int, dtype: torch.dtype, start: int = 0) -> torch.Tensor:
+    """Additive mask (1, 1, n - start, past_len + n) for feeding nodes start..n-1 when the cache
+    already holds past_len + start entries (the prefix, then nodes 0..start-1 in order)."""
+    n = len(tree)
+    blocked = torch.finfo(dtype).min
+    allowed = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):                                   # ancestors and self, row by row
+        j = i
+        while j >= 0:
+            allowed[i, j] = True
+            j = tree.parents[j]
+    mask = torch.full((n - start, past_len + n), blocked, dtype=dtype)
+    mask[:, :past_len] = 0.0                             # the whole cached prefix is visible
+    mask[:, past_len:].masked_fill_(allowed[start:], 0.0)
+    return mask[None, None]
+
+
+def verify_tree(session, tree: DraftTree, cache, start: int = 0) -> torch.Tensor:
+    """ONE counted target forward of every node on top of `cache` (committed prefix minus the root).
+    Returns logits (n, V): row i is the target's next-token distribution after node i's root path.
+    Afterwards the cache holds past_len + n entries. With start > 0 only nodes start..n-1 are fed
+    (the cache must then already hold past_len + start) and their rows are returned."""
+    return _tree_forward(session.forward, _dtype(session.model), tree, cache, start)
+
+
+def draft_tree_forward(session, tree: DraftTree, cache, start: int = 0) -> torch.Tensor:
+    """The same pass through the draft model (counted as a draft pass), on the draft's own cache.
+    Growing a tree level by level: feed the new nodes with start = number of nodes already fed."""
+    return _tree_forward(session.draft_forward, _dtype(session.draft_model), tree, cache, start)
+
+
+def _tree_forward(forward: Callable, dtype: torch.dtype, tree: DraftTree, cache, start: int) -> torch.Tensor:
+    past_len = cache.get_seq_length() - start
+    ids = torch.tensor([tree.tokens[start:]], dtype=torch.long)
+    positions = torch.tensor([[past_len + d for d in tree.depths[start:]]], dtype=torch.long)
+    logits, _ = forward(ids, cache, last_only=False, attention_mask=tree_mask(tree, past_len, dtype, start),
+                        position_ids=positions)
+    return logits[0]
+
+
+def _dtype(model) -> torch.dtype:
+    """The mask must be in the model's compute dtype."""
+    return next(model.parameters()).dtype
+
+
+def keep_prefix(cache, length: int) -> None:
+    """Crop the cache back to `length` tokens (transformers 5.x crops by a negative count)."""
+    n = cache.get_seq_length() - length
+    if n > 0:
+        cache.crop(-n)
+
+
+def keep_path(cache, past_len: int, path: list[int]) -> None:
+    """Keep the prefix plus the KV rows of tree nodes `path` (increasing indices, e.g. an accepted
+    root path), in that order; drop every other tree row. A node's rows were computed at position
+    past_len + depth, which is where they land, so they equal a sequential run's rows."""
+    with torch.inference_mode():                         # the cached tensors are inference tensors
+        for layer in cache.layers:
+            if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
+                continue
+            for slot, node in enumerate(path):           # node >= slot, so no source is overwritten early
+                if node != slot:
+                    layer.keys[..., past_len + slot, :] = layer.keys[..., past_len + node, :]
+                    layer.values[..., past_len + slot, :] = layer.values[..., past_len + node, :]
+    keep_prefix(cache, past_len + len(path))
+
+
+def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> list[int]:
+    """Longest root path whose every token is the argmax of its parent's logits: [0, a1, ..., ak]."""
+    predicted = logits.argmax(-1).tolist()
+    path = [0]
+    while True:
+        child = tree.child_with_token(path[-1], predicted[path[-1]])
+        if child is None:
+            return path
+        path.append(child)
+
+
+# --- one greedy verification round, as events ------------------------------------------------
+# Every greedy tree method ends its round the same way: accept the longest matching path, add the
+# target's own next token (the bonus), commit them up to EOS / the length limit, roll the cache back
+# to "committed minus the new root", and show the tree. These helpers do exactly that.
+
+
+@dataclass
+class AcceptanceStats:
+    """Running numbers of a speculative run (shown in the StatsEvent after every round)."""
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+
+    def update(self, drafted: int, accepted: int, emitted: int) -> StatsEvent:
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.emitted += emitted
+        return StatsEvent({
+            "verification rounds": self.rounds,
+            "mean accepted tokens": self.emitted / self.rounds,
+            "acceptance rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "draft tokens per round": self.drafted / self.rounds,
+        })
+
+
+def tokens_to_commit(session, proposed: list[int]) -> int:
+    """How many of `proposed` may be committed: up to and including the first EOS, within room."""
+    room = session.max_new_tokens - len(session.output_ids)
+    for i, token in enumerate(proposed[:room]):
+        if session.is_eos(token):
+            return i + 1
+    return min(len(proposed), room)
+
+
+def greedy_round(session, tree: DraftTree, logits: torch.Tensor, cache, past_len: int, step: int,
+                 stats: AcceptanceStats, source: str = "", scores: list[float] | None = None,
+                 labels: list[str] | None = None, title: str = "Draft tree"):
+    """Finish a greedy round after `verify_tree`: yields TreeEvent, VerifyEvent, the committed
+    TokenEvents and a StatsEvent; leaves the cache at committed minus the new root. Returns the path
+    of committed tree nodes (root first) and the new root token, or None when the run is over."""
+    path = greedy_accept(tree, logits)
+    bonus = int(logits[path[-1]].argmax())
+    proposed = [tree.tokens[n] for n in path[1:]] + [bonus]
+    count = tokens_to_commit(session, proposed)
+    keep_path(cache, past_len, path[:count])            # the last committed token stays out: next root
+
+    yield tree_event(session, tree, logits, path, count, step, scores, labels, title)
+    depth = tree.max_depth()
+    yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=len(path) - 1, emitted=count,
+                      depth_accepted=[len(path) - 1 >= d for d in range(1, depth + 1)], source=source)
+    for i in range(count):                               # token i was predicted at node path[i]
+        yield session.commit(proposed[i], logits[path[i]])
+    yield stats.update(len(tree) - 1, len(path) - 1, count)
+    last = proposed[count - 1]
+    done = session.is_eos(last) or not session.room()
+    return path[:count], None if done else last
+
+
+def tree_event(session, tree: DraftTree, logits: torch.Tensor, path: list[int], count: int, step: int,
+               scores: list[float] | None, labels: list[str] | None, title: str) -> TreeEvent:
+    """The round's tree: accepted path (committed part), rejected nodes, and the bonus token.
+    Each node shows p, the target's probability of its token after its parent."""
+    parents = torch.tensor([max(p, 0) for p in tree.parents])
+    tokens = torch.tensor(tree.tokens)
+    lse = torch.logsumexp(logits.double(), -1)
+    logp_node = (logits[parents, tokens].double() - lse[parents]).tolist()
+    p = [math.exp(v) for v in logp_node]
+    committed = set(path[:count])
+    nodes = []
+    for i, token in enumerate(tree.tokens):
+        status = "accepted" if i in committed else ("pruned" if i in path else "rejected")
+        q = scores[i] if scores is not None else None
+        label = labels[i] if labels is not None else (f"p={p[i]:.2f}" + (f" q={q:.2f}" if q is not None else ""))
+        nodes.append(TreeNode(id=i, parent=tree.parents[i] if i else None, token_id=token,
+                              text=session.token_text(token), score=q if q is not None else (1.0 if i == 0 else p[i]),
+                              logprob=None if i == 0 else logp_node[i],
+                              status="accepted" if i == 0 else status, label="root" if i == 0 else label))
+    chosen = path[count - 1]
+    if count == len(path):                               # the target's own token after the accepted path
+        bonus = int(logits[path[-1]].argmax())
+        logp_bonus = float(logits[path[-1], bonus].double() - lse[path[-1]])
+        nodes.append(TreeNode(id=len(tree), parent=path[-1], token_id=bonus, text=session.token_text(bonus),
+                              score=math.exp(logp_bonus), logprob=logp_bonus, status="bonus",
+                              label=f"p={math.exp(logp_bonus):.2f}"))
+        chosen = len(tree)
+    return TreeEvent(step=step, nodes=nodes, title=title, reset=True, chosen=chosen)

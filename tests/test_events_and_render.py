@@ -1,0 +1,41 @@
+"""Events round-trip through JSON, and the visualizers escape everything that came from a user or a model."""
+
+from __future__ import annotations
+
+import json
+
+from playground.events import Alternative, RunStarted, TokenEvent, TreeEvent, TreeNode, from_dicts, to_dicts
+from visualizers import render
+from visualizers.text import tokens_html
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def sample_events():
+    return [
+        RunStarted("r1", "m", "float32", "greedy", {}, 0, XSS, 3, 8),
+        TokenEvent(0, 5, XSS, -0.1, 1.2, [Alternative(5, XSS, 0.9), Alternative(6, '"quote"', 0.05)], kept=3),
+        TokenEvent(1, 7, "\n\t", -2.0, 0.3, [Alternative(7, "\n", 0.1)]),
+        TreeEvent(0, [TreeNode(0, None, 5, XSS, -0.1), TreeNode(1, 0, 7, "<b>", -0.5, status="pruned")], preview=XSS),
+    ]
+
+
+def test_events_round_trip_through_json():
+    events = sample_events()
+    again = from_dicts(json.loads(json.dumps(to_dicts(events))))
+    assert [e.to_dict() for e in again] == [e.to_dict() for e in events]
+    assert isinstance(again[1].alternatives[0], Alternative) and isinstance(again[3].nodes[0], TreeNode)
+
+
+def test_token_text_and_tooltips_are_escaped():
+    html_out = tokens_html(sample_events())
+    assert "<img" not in html_out and "&lt;img src=x onerror=alert(1)&gt;" in html_out
+    assert '"quote"' not in html_out                     # attribute values cannot be broken out of
+    assert "\u21b5" in html_out                           # a newline token is visible
+
+
+def test_figures_escape_hover_text():
+    figures = render(sample_events()).figures
+    blob = json.dumps({k: f.to_plotly_json() if f else None for k, f in figures.items()}, default=str)
+    assert "<img" not in blob and "<b>" not in blob
+    assert figures["tree"] is not None and figures["entropy"] is not None
