@@ -178,3 +178,23 @@ def to_dicts(events: list[Event]) -> list[dict[str, Any]]:
 
 def from_dicts(items: list[dict[str, Any]]) -> list[Event]:
     return [event_from_dict(d) for d in items]
+
+
+@event_type("layer_acceptance")
+@dataclass
+class LayerAcceptanceEvent(Event):
+    """Self-speculation from early layers (DEL): how often each layer's early exit agrees with the
+    full model, tracked over the run ("logit lens" acceptance), and the exit plan of this round.
+
+    `alpha[m - 1]` is the decayed agreement rate of the exit after layer m (m = 1..L; the last is
+    the full model, 1 by definition); `tpl[m - 1]` the best tokens-per-layer over draft lengths if
+    drafting from layer m; `baseline_tpl` that of plain decoding (no draft). exit_layer 0 = no draft.
+    """
+
+    step: int
+    alpha: list[float]
+    samples: list[float]          # decayed number of observations behind each alpha
+    tpl: list[float]
+    baseline_tpl: float
+    exit_layer: int
+    draft_length: int

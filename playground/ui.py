@@ -146,21 +146,31 @@ def build_app() -> gr.Blocks:
             except InvalidRequest as exc:
                 raise gr.Error(str(exc), print_exception=False)
             stop = _stops[request.session_hash] = threading.Event()
+            stream = execute(prepared, stop)
             events: list[Event] = []
+            saved = False
             last_draw, draw_cost = 0.0, 0.0
-            for event in execute(prepared, stop):
-                events.append(event)
-                now = time.perf_counter()
-                first = isinstance(event, TokenEvent) and event.index == 0
-                if isinstance(event, MetricsEvent) or first or now - last_draw >= max(MIN_INTERVAL_S, RENDER_FACTOR * draw_cost):
+            try:
+                for event in stream:
+                    events.append(event)
                     if isinstance(event, MetricsEvent):
                         break
-                    outputs = _outputs_for(events)
-                    draw_cost, last_draw = time.perf_counter() - now, time.perf_counter()
-                    yield [outputs[0], "", *outputs[1:]]
-            run_id = default_repository().save(events)
-            outputs = _outputs_for(events)
-            yield [outputs[0], _share_link(run_id), *outputs[1:]]
+                    now = time.perf_counter()
+                    first = isinstance(event, TokenEvent) and event.index == 0
+                    if first or now - last_draw >= max(MIN_INTERVAL_S, RENDER_FACTOR * draw_cost):
+                        outputs = _outputs_for(events)
+                        draw_cost, last_draw = time.perf_counter() - now, time.perf_counter()
+                        yield [outputs[0], "", *outputs[1:]]
+                run_id = default_repository().save(events)
+                saved = True
+                outputs = _outputs_for(events)
+                yield [outputs[0], _share_link(run_id), *outputs[1:]]
+            finally:
+                if not saved:       # the page was closed mid-run: stop the method, keep what it made
+                    stop.set()
+                    events.extend(stream)
+                    if events and isinstance(events[-1], MetricsEvent):
+                        default_repository().save(events)
 
         gen_inputs = [model, draft, dtype, method, max_new, seed, chat, prompt, *param_inputs]
         gen_outputs = [text, link, metrics, *plots]
@@ -212,7 +222,7 @@ def build_app() -> gr.Blocks:
         def open_from_link(request: gr.Request):
             run_id = (request.query_params.get("run") or "").strip() if request else ""
             if not run_id or default_repository().events(run_id) is None:
-                return [gr.Tabs(), gr.Textbox(), *[gr.update() for _ in h_outputs]]
+                return [gr.skip(), gr.skip(), *[gr.skip() for _ in h_outputs]]
             return [gr.Tabs(selected="history"), run_id, *open_run(run_id)]
 
         demo.load(open_from_link, None, [tabs, run_id_box, *h_outputs])

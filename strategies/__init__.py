@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from .base import InvalidParameter, Param, Strategy
 from .beam import BeamSearch
+from .early_exit import EarlyExit
+from .dyspec import DySpec
 from .greedy import Greedy
 from .prompt_lookup import PromptLookup
+from .rasd import RASD
 from .sampling import Sampling
 from .speculative import SpeculativeSampling
 from .token_recycling import TokenRecycling
@@ -18,7 +21,10 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     BeamSearch,
     PromptLookup,
     TokenRecycling,
+    RASD,
+    DySpec,
     SpeculativeSampling,
+    EarlyExit,
 )}
 
 

@@ -13,8 +13,9 @@ Caches: the target cache holds the committed text minus its last token (the "roo
 front of the drafts); the draft cache holds any prefix of the committed text and is fed what it
 lacks. After a round both are cropped back to what is still valid (ALGORITHMS.md s.0.2).
 
-The round machinery here (verify_chain, chain_round) is shared with DEL (early_exit.py), whose
-drafts are a chain too, only from the target's own early layers.
+The round machinery here is shared: verify_chain with DEL (early_exit.py), whose drafts are a chain
+too, only from the target's own early layers; Verdict and round_events (a round as TreeEvent,
+VerifyEvent, TokenEvents and StatsEvent; a chain is a tree) with the tree methods RSD and SpecTr.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from playground.events import TreeEvent, TreeNode, VerifyEvent
 from . import acceptance
 from .base import Param, Strategy
 from .sampling import Sampling
-from .tree_attention import AcceptanceStats, keep_prefix, tokens_to_commit
+from .tree_attention import AcceptanceStats, DraftTree, keep_prefix, tokens_to_commit
 from .warpers import kept_count
 
 REJECTION_TOP = 10
@@ -60,34 +61,45 @@ def sampling_params() -> tuple[Param, ...]:
     )
 
 
-# --- verifying a chain of drafts --------------------------------------------------------------
+# --- verdicts: what a round accepted ---------------------------------------------------------------
 
 @dataclass
-class ChainVerdict:
-    accepted: int                    # leading drafts accepted
-    next_token: int                  # the target's token after them (correction or bonus)
-    p: torch.Tensor                  # (n + 1, V) target probabilities (warped in sampling mode)
-    rejection: dict | None = None    # p, q at the first rejection (sampling mode only)
+class Verdict:
+    path: list[int]                  # accepted tree nodes, root (node 0) first
+    next_token: int                  # the target's own token after the path (correction or bonus)
+    rejection: dict | None = None    # sampling modes: node, draft token, p and q where all drafts failed
+
+    @property
+    def accepted(self) -> int:
+        return len(self.path) - 1
+
+    def proposed(self, tree: DraftTree) -> list[int]:
+        return [tree.tokens[n] for n in self.path[1:]] + [self.next_token]
+
+
+def chain_tree(root: int, drafts: list[int]) -> DraftTree:
+    """A chain is a tree: node i + 1 is draft i, under node i."""
+    return DraftTree([root] + drafts, list(range(-1, len(drafts))))
 
 
 def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor | None, warp,
-                 generator: torch.Generator) -> ChainVerdict:
+                 generator: torch.Generator) -> Verdict:
     """target_logits (n + 1, V) after root, x_1..x_n; q (n, V) the draft distributions x_i came from.
 
     Greedy (warp None): accept while x_i is the target's argmax, then take the argmax.
     Sampling: accept x_i with prob min(1, p_i(x_i) / q_i(x_i)); at the first rejection draw from
     norm(max(0, p_i - q_i)) and stop; if all pass, draw the bonus from p_{n+1}.
     """
-    p = probabilities(target_logits, warp)
     if warp is None:
         best = target_logits.argmax(-1).tolist()
         n = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
-        return ChainVerdict(n, best[n], p)
+        return Verdict(list(range(n + 1)), best[n])
+    p = probabilities(target_logits, warp)
     for i, x in enumerate(drafts):
         index, token = acceptance.speculative_accept(p[i], q[i], torch.tensor([x]), generator)
         if int(index) < 0:
-            return ChainVerdict(i, int(token), p, {"position": i, "draft": x, "p": p[i], "q": q[i]})
-    return ChainVerdict(len(drafts), int(acceptance.sample(p[-1:], generator)), p)
+            return Verdict(list(range(i + 1)), int(token), {"node": i, "draft": x, "p": p[i], "q": q[i]})
+    return Verdict(list(range(len(drafts) + 1)), int(acceptance.sample(p[-1:], generator)))
 
 
 def rejection_record(session, rejection: dict, top: int = REJECTION_TOP) -> dict:
@@ -100,53 +112,63 @@ def rejection_record(session, rejection: dict, top: int = REJECTION_TOP) -> dict
         ids[-1] = draft
     return {"token_ids": ids, "texts": [session.token_text(i) for i in ids],
             "p": [float(p[i]) for i in ids], "q": [float(q[i]) for i in ids],
-            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": rejection["position"]}
+            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": rejection["node"]}
 
 
 # --- one round as events -------------------------------------------------------------------------
 
-def chain_round(session, root: int, drafts: list[int], q: torch.Tensor | None, target_logits: torch.Tensor,
-                verdict: ChainVerdict, step: int, stats: AcceptanceStats, warp, source: str,
-                extra: Callable[[int], dict] | None = None):
+def committed_count(session, tree: DraftTree, verdict: Verdict) -> int:
+    """Tokens of the verdict that will be committed (cut at EOS and at the length limit)."""
+    return tokens_to_commit(session, verdict.proposed(tree))
+
+
+def round_events(session, tree: DraftTree, target_logits: torch.Tensor, q_at: dict[int, torch.Tensor] | None,
+                 verdict: Verdict, step: int, stats: AcceptanceStats, warp, source: str, title: str = "Draft tree",
+                 extra: Callable[[int], dict] | None = None):
     """Yield the round's TreeEvent, VerifyEvent, committed TokenEvents and StatsEvent.
-    Returns the number of tokens committed and whether the run is over (EOS or length)."""
-    proposed = drafts[:verdict.accepted] + [verdict.next_token]
+
+    target_logits (n, V): row i is the target after node i's root path; q_at[i]: the draft
+    distribution node i's children were drawn from. Returns whether the run is over."""
+    proposed = verdict.proposed(tree)
     count = tokens_to_commit(session, proposed)
-    yield chain_tree(session, root, drafts, q, verdict, count, step)
-    yield VerifyEvent(step=step, drafted=len(drafts), accepted=verdict.accepted, emitted=count,
-                      depth_accepted=[verdict.accepted > d for d in range(len(drafts))],
+    p = probabilities(target_logits, warp)
+    yield tree_event(session, tree, p, q_at, verdict, count, step, title)
+    yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=verdict.accepted, emitted=count,
+                      depth_accepted=[verdict.accepted >= d for d in range(1, tree.max_depth() + 1)],
                       rejection=rejection_record(session, verdict.rejection) if verdict.rejection else None,
                       source=source)
     for i, token in enumerate(proposed[:count]):
+        node = verdict.path[i]                           # token i was predicted at node path[i]
         fields = {"extra": {"accepted draft": float(i < verdict.accepted), **(extra(i) if extra else {})}}
         if warp is not None:
-            fields.update(sampled_prob=float(verdict.p[i, token]), kept=kept_count(warp(target_logits[i].double())))
-        yield session.commit(token, target_logits[i], **fields)
-    yield stats.update(len(drafts), verdict.accepted, count)
-    return count, session.is_eos(proposed[count - 1]) or not session.room()
+            fields.update(sampled_prob=float(p[node, token]), kept=kept_count(warp(target_logits[node].double())))
+        yield session.commit(token, target_logits[node], **fields)
+    yield stats.update(len(tree) - 1, verdict.accepted, count)
+    return session.is_eos(proposed[count - 1]) or not session.room()
 
 
-def chain_tree(session, root: int, drafts: list[int], q: torch.Tensor | None, verdict: ChainVerdict,
-               count: int, step: int) -> TreeEvent:
-    """The round's chain as a tree: root, drafts (accepted / rejected, score = q), the target's token."""
+def tree_event(session, tree: DraftTree, p: torch.Tensor, q_at: dict[int, torch.Tensor] | None, verdict: Verdict,
+               count: int, step: int, title: str) -> TreeEvent:
+    """Root, drafts (accepted / rejected; score = the draft's q, label p and q), the target's token."""
     def node(i, parent, token, score, status, label):
         return TreeNode(id=i, parent=parent, token_id=token, text=session.token_text(token), score=score,
                         status=status, label=label)
 
-    nodes = [node(0, None, root, 1.0, "accepted", "root")]
-    for i, x in enumerate(drafts):
-        p_x = float(verdict.p[i, x])
-        q_x = float(q[i, x]) if q is not None else float("nan")
-        status = "accepted" if i < min(verdict.accepted, count) else "rejected"
-        nodes.append(node(i + 1, i, x, q_x, status, f"p={p_x:.2f} q={q_x:.2f}"))
-    chosen = min(verdict.accepted, count)
-    if count > verdict.accepted:                           # the target's own token was committed
-        n, token = verdict.accepted, verdict.next_token
-        kind = "bonus" if n == len(drafts) else "correction"
-        chosen = len(drafts) + 1
-        nodes.append(node(chosen, n, token, float(verdict.p[n, token]), "bonus",
-                          f"p={float(verdict.p[n, token]):.2f} ({kind})"))
-    return TreeEvent(step=step, nodes=nodes, title="Draft chain", reset=True, chosen=chosen)
+    committed = set(verdict.path[:count])
+    nodes = [node(0, None, tree.tokens[0], 1.0, "accepted", "root")]
+    for i in range(1, len(tree)):
+        parent, token = tree.parents[i], tree.tokens[i]
+        q_x = float(q_at[parent][token]) if q_at and parent in q_at else float("nan")
+        nodes.append(node(i, parent, token, q_x, "accepted" if i in committed else "rejected",
+                          f"p={float(p[parent, token]):.2f} q={q_x:.2f}"))
+    chosen = verdict.path[count - 1]
+    if count == len(verdict.path):                       # the target's own token was committed
+        last, token = verdict.path[-1], verdict.next_token
+        kind = "bonus" if not tree.children(last) else "correction"
+        chosen = len(tree)
+        nodes.append(node(chosen, last, token, float(p[last, token]), "bonus",
+                          f"p={float(p[last, token]):.2f} ({kind})"))
+    return TreeEvent(step=step, nodes=nodes, title=title, reset=True, chosen=chosen)
 
 
 def prefill_all_but_last(session, cache) -> int:
@@ -172,7 +194,8 @@ class SpeculativeSampling(Strategy):
         warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
         # The draft samples from its own stream, so its draws never shift the target's acceptance draws.
         draft_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=s.generator)))
-        cache, draft_cache = s.new_cache(), DynamicCache(config=s.draft_model.config)
+        self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
+        draft_cache = DynamicCache(config=s.draft_model.config)
         root = prefill_all_but_last(s, cache)
         stats, step = AcceptanceStats(), 0
         while True:
@@ -181,13 +204,15 @@ class SpeculativeSampling(Strategy):
             drafts, q = self.draft(s, draft_cache, context, gamma, warp, draft_gen)
             target_logits = s.forward([root] + drafts, cache, last_only=False)[0][0]
             verdict = verify_chain(target_logits, drafts, q, warp, s.generator)
-            count, done = yield from chain_round(s, root, drafts, q, target_logits, verdict, step, stats, warp,
-                                                 source="draft model")
-            if done:
+            tree = chain_tree(root, drafts)
+            # Valid KV: the old context plus the committed drafts (the new root is not fed yet).
+            keep = len(context) + committed_count(s, tree, verdict) - 1
+            keep_prefix(cache, keep)
+            keep_prefix(draft_cache, min(draft_cache.get_seq_length(), keep))
+            q_at = dict(enumerate(q)) if q is not None else None
+            if (yield from round_events(s, tree, target_logits, q_at, verdict, step, stats, warp, "draft model",
+                                        "Draft chain")):
                 return
-            # Valid KV: the old context plus the accepted drafts (the new root is not fed yet).
-            keep_prefix(cache, len(context) + verdict.accepted)
-            keep_prefix(draft_cache, min(draft_cache.get_seq_length(), len(context) + verdict.accepted))
             root, step = s.output_ids[-1], step + 1
 
     def draft(self, s, cache, context: list[int], gamma: int, warp, generator):

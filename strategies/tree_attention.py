@@ -210,7 +210,8 @@ def greedy_round(session, tree: DraftTree, logits: torch.Tensor, cache, past_len
                  labels: list[str] | None = None, title: str = "Draft tree"):
     """Finish a greedy round after `verify_tree`: yields TreeEvent, VerifyEvent, the committed
     TokenEvents and a StatsEvent; leaves the cache at committed minus the new root. Returns the path
-    of committed tree nodes (root first) and the new root token, or None when the run is over."""
+    of committed tree nodes (root first) and the new root token, or None when the run is over.
+    `scores`: per-node draft probability q (shown as the node score); `labels`: extra hover text."""
     path = greedy_accept(tree, logits)
     bonus = int(logits[path[-1]].argmax())
     proposed = [tree.tokens[n] for n in path[1:]] + [bonus]
@@ -243,7 +244,7 @@ def tree_event(session, tree: DraftTree, logits: torch.Tensor, path: list[int], 
     for i, token in enumerate(tree.tokens):
         status = "accepted" if i in committed else ("pruned" if i in path else "rejected")
         q = scores[i] if scores is not None else None
-        label = labels[i] if labels is not None else (f"p={p[i]:.2f}" + (f" q={q:.2f}" if q is not None else ""))
+        label = f"p={p[i]:.2f}" + (f" q={q:.2f}" if q is not None else "") + (f" {labels[i]}" if labels else "")
         nodes.append(TreeNode(id=i, parent=tree.parents[i] if i else None, token_id=token,
                               text=session.token_text(token), score=q if q is not None else (1.0 if i == 0 else p[i]),
                               logprob=None if i == 0 else logp_node[i],

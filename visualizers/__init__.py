@@ -15,6 +15,8 @@ import plotly.graph_objects as go
 from playground.events import Event
 
 from .metrics import metrics_html
+from .rejection import layer_acceptance_figure, rejection_figure
+from .speculative import acceptance_figure, depth_figure
 from .text import CSS, tokens_html
 from .traces import entropy_figure, method_trace_figure, probability_figure
 from .tree import tree_figure
@@ -32,6 +34,10 @@ PANELS: tuple[Panel, ...] = (
     Panel("probability", "Token probability", probability_figure),
     Panel("tree", "Tree", tree_figure),
     Panel("method", "Method trace", method_trace_figure),
+    Panel("acceptance", "Acceptance over time", acceptance_figure),
+    Panel("acceptance_depth", "Acceptance by position", depth_figure),
+    Panel("rejection", "Rejection: p vs q", rejection_figure),
+    Panel("layer_acceptance", "Per-layer acceptance (DEL)", layer_acceptance_figure),
 )
 
 

@@ -1,0 +1,219 @@
+"""DEL: self-speculation from the target's own early layers, with a dynamic exit layer.
+
+The draft is the target cut after layer l (its first l layers, then the final norm and the LM
+head: playground/drafts.py). It proposes up to d tokens; the full model verifies them in one pass.
+Which (l, d) is worth it depends on how often layer l already agrees with the full model, so:
+
+- Shadow tokens ("logit lens"): the verification pass returns every layer's hidden states, so each
+  layer's early-exit prediction at every verified position costs one LM-head product, not a forward.
+  Only positions up to the first rejection count: after it the context is wrong.
+- alpha_l: each layer's agreement rate with the full model's argmax, exponentially decayed so it
+  follows the context (hits and totals both decay; alpha = hits / totals).
+- Plan: maximise tokens per loaded layer TPL(l, d) = E[tokens | l, d] / cost(l, d) with
+  E = 1 + a + ... + a^d = (1 - a^(d+1)) / (1 - a), a = alpha_l, and cost = d (l + h) + (L + h)
+  layers. h is the LM head's size in layers: DEL's formula has h = 0; on a small model the head
+  is several layers' worth of weights (8 on SmolLM2-135M), so by default it is counted [ours].
+  If no (l, d) beats plain decoding (1 / (L + h)), the round drafts nothing.
+- Dynamic draft exiting: drafting stops early when the draft's top probability drops below a threshold.
+
+KV cache choice: the draft SHARES the target's cache. The first l layers of the full model compute
+exactly the keys and values the draft needs for the committed text, so the draft runs on the
+target's cache directly (its layers write into their own slots 0..l-1); before verification those
+slots are cropped back to the committed length. Nothing is recomputed for the prefix and no second
+cache is kept; the price is that the root and the drafts run through layers < l twice (draft, then
+verification), which is what a self-speculative draft costs anyway.
+
+Greedy verification equals plain greedy whatever (l, d) is; sampling mode uses speculative
+sampling against q = the early exit's warped distribution (alpha still measures argmax agreement).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from playground.drafts import truncated_view
+from playground.events import LayerAcceptanceEvent
+
+from . import acceptance
+from .base import Param, Strategy
+from .speculative import (chain_tree, committed_count, make_warp, prefill_all_but_last, probabilities, round_events,
+                          sampling_params, verify_chain)
+from .tree_attention import AcceptanceStats, keep_prefix
+
+
+# --- per-layer agreement ("shadow tokens") ---------------------------------------------------
+
+def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], positions: int) -> torch.Tensor:
+    """(L, positions) argmax of every layer's early exit at the first `positions` rows.
+    hidden_states[m] for m < L is un-normalised (apply the final norm); [L] is already normed."""
+    layers = len(hidden_states) - 1
+    early = torch.stack([h[0, :positions] for h in hidden_states[1:layers]])         # (L-1, n, H)
+    with torch.inference_mode():
+        early_tokens = model.lm_head(model.model.norm(early)).argmax(-1)
+        final_tokens = model.lm_head(hidden_states[layers][0, :positions]).argmax(-1)
+    return torch.cat([early_tokens, final_tokens[None]])
+
+
+class LayerAgreement:
+    """Decayed hit and observation counts per exit layer: alpha_l = hits_l / seen_l."""
+
+    def __init__(self, layers: int, decay: float):
+        self.decay = decay
+        self.hits = torch.zeros(layers, dtype=torch.float64)
+        self.seen = torch.zeros(layers, dtype=torch.float64)
+
+    def observe(self, matches: torch.Tensor, layers: slice = slice(None)) -> None:
+        """matches (layers, positions) bool, one column per verified position, oldest first."""
+        for column in matches.T.double():
+            self.hits[layers] = self.decay * self.hits[layers] + column
+            self.seen[layers] = self.decay * self.seen[layers] + 1
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return torch.where(self.seen > 0, self.hits / self.seen.clamp(min=1e-12), torch.zeros_like(self.seen))
+
+
+# --- choosing the exit layer and draft length --------------------------------------------------
+
+def expected_tokens(alpha: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """E[tokens | d] = sum_{i=0..d} alpha^i (the closed form (1 - a^(d+1)) / (1 - a), safe at a = 1)."""
+    powers = alpha[..., None, None] ** torch.arange(int(lengths.max()) + 1, dtype=torch.float64)
+    cumulative = powers.cumsum(-1)[..., 0, :]                                        # (..., d_max + 1)
+    return cumulative[..., lengths]
+
+
+def tpl_table(alpha: torch.Tensor, head: float, max_length: int) -> torch.Tensor:
+    """TPL(l, d) for l = 1..L (rows) and d = 1..max_length (columns)."""
+    layers = alpha.shape[0]
+    lengths = torch.arange(1, max_length + 1)
+    cost = lengths[None].double() * (torch.arange(1, layers + 1)[:, None].double() + head) + layers + head
+    return expected_tokens(alpha, lengths) / cost
+
+
+def plan(alpha: torch.Tensor, head: float, max_length: int, fixed_layer: int, fixed_length: int) -> tuple[int, int, torch.Tensor]:
+    """(exit layer, draft length, TPL table); (0, 0) = plain decoding wins this round.
+    The full model (l = L) is a candidate only when asked for: it can never beat plain decoding."""
+    layers = alpha.shape[0]
+    table = tpl_table(alpha, head, max(max_length, 1))
+    if max_length < 1:
+        return 0, 0, table
+    allowed = torch.zeros_like(table, dtype=torch.bool)
+    allowed[fixed_layer - 1 if fixed_layer else slice(0, layers - 1),
+            fixed_length - 1 if fixed_length else slice(None)] = True
+    masked = table.masked_fill(~allowed, -1.0)
+    best = int(masked.argmax())
+    layer, length = best // table.shape[1] + 1, best % table.shape[1] + 1
+    if not (fixed_layer or fixed_length) and float(masked.max()) <= 1.0 / (layers + head):
+        return 0, 0, table
+    return layer, length, table
+
+
+def head_in_layers(model) -> float:
+    """The LM head's weight count over one decoder layer's: what one extra head product costs."""
+    head = model.lm_head.weight.numel()
+    layer = sum(p.numel() for p in model.model.layers[0].parameters())
+    return head / layer
+
+
+def crop_layers(cache, keep: int, layers: int) -> None:
+    """Crop only the first `layers` cache slots back to `keep` tokens (the draft's own writes)."""
+    for layer in cache.layers[:layers]:
+        extra = layer.get_seq_length() - keep
+        if extra > 0:
+            layer.crop(-extra)
+
+
+# --- the strategy ------------------------------------------------------------------------------
+
+class EarlyExit(Strategy):
+    name = "early_exit"
+    title = "Self-speculation from early layers (DEL)"
+    summary = ("The model's own first l layers draft; the full model verifies. Per-layer agreement is tracked "
+               "live from the verification pass (logit lens) and (l, d) is chosen to maximise tokens per layer.")
+    paper = "https://arxiv.org/abs/2504.05598"
+    lossless = True
+    params = (
+        Param("exit_layer", "int", 0, 0, 64, help="Draft from this layer (0 = chosen live by DEL).", step=1),
+        Param("draft_length", "int", 0, 0, 32, help="Draft tokens per round (0 = chosen live by DEL).", step=1),
+        Param("max_draft", "int", 8, 1, 32, help="Longest draft DEL may choose.", step=1),
+        Param("confidence", "float", 0.3, 0.0, 1.0,
+              help="Dynamic draft exit: stop drafting when the draft's top probability falls below this (0 = off).",
+              step=0.05),
+        Param("decay", "float", 0.9, 0.0, 0.999, help="Per-observation decay of the per-layer agreement.", step=0.01),
+        Param("count_head", "bool", True, help="Count the LM head's cost in TPL (DEL's formula does not)."),
+        Param("lens_every", "int", 1, 1, 64,
+              help="Read every layer's shadow tokens every k rounds (1 = every round); in between only the "
+                   "drafting layer learns, from its own drafts.", step=1),
+    ) + sampling_params()
+
+    def decode(self, s):
+        layers = s.model.config.num_hidden_layers
+        fixed_layer = min(self.p["exit_layer"], layers)
+        head = head_in_layers(s.model) if self.p["count_head"] else 0.0
+        warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
+        draft_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=s.generator)))
+        agreement = LayerAgreement(layers, self.p["decay"])
+        views: dict[int, torch.nn.Module] = {}
+        self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
+        root = prefill_all_but_last(s, cache)
+        stats, step = AcceptanceStats(), 0
+        while True:
+            context = s.prompt_ids + s.output_ids
+            room = s.max_new_tokens - len(s.output_ids) - 1
+            longest = min(self.p["draft_length"] or self.p["max_draft"], room)
+            layer, length, table = plan(agreement.alpha, head, longest, fixed_layer,
+                                        min(self.p["draft_length"], room) if longest else 0)
+            drafts, q = self.draft(s, views, layer, length, cache, root, warp, draft_gen)
+
+            read_lens = step % self.p["lens_every"] == 0
+            logits, out = s.forward([root] + drafts, cache, last_only=False, output_hidden_states=read_lens)
+            logits = logits[0]
+            verdict = verify_chain(logits, drafts, q, warp, s.generator)
+            self.learn(agreement, s.model, out, logits, drafts, verdict.accepted, layer, read_lens, warp is None)
+            yield LayerAcceptanceEvent(step=step, alpha=agreement.alpha.tolist(), samples=agreement.seen.tolist(),
+                                       tpl=table.max(-1).values.tolist(), baseline_tpl=1.0 / (layers + head),
+                                       exit_layer=layer, draft_length=len(drafts))
+            tree = chain_tree(root, drafts)
+            keep_prefix(cache, len(context) + committed_count(s, tree, verdict) - 1)
+            q_at = dict(enumerate(q)) if q is not None else None
+            if (yield from round_events(s, tree, logits, q_at, verdict, step, stats, warp,
+                                        source=f"layer {layer}" if layer else "no draft (plain step)",
+                                        title="Early-exit draft chain",
+                                        extra=lambda i: {"exit layer": float(layer), "draft length": float(len(drafts))})):
+                return
+            root, step = s.output_ids[-1], step + 1
+
+    def draft(self, s, views, layer: int, length: int, cache, root: int, warp, generator):
+        """Up to `length` tokens from the first `layer` layers, on the target's own cache (see the
+        module notes); the draft's cache writes are cropped before returning."""
+        if not layer or not length:
+            return [], None
+        if layer not in views:
+            views[layer] = truncated_view(s.model, layer)
+        s.draft_model = views[layer]                 # counted as draft passes by the session
+        committed = cache.get_seq_length()
+        drafts, rows, feed = [], [], [root]
+        for _ in range(length):
+            q = probabilities(s.draft_forward(feed, cache)[0][0], warp)
+            token = int(q.argmax()) if warp is None else int(acceptance.sample(q[None], generator))
+            drafts.append(token)
+            rows.append(q)
+            if s.is_eos(token) or float(q.max()) < self.p["confidence"]:   # dynamic draft exit
+                break
+            feed = [token]
+        crop_layers(cache, committed, layer)
+        return drafts, torch.stack(rows)
+
+    @staticmethod
+    def learn(agreement: LayerAgreement, model, out, logits, drafts: list[int], accepted: int, layer: int,
+              read_lens: bool, greedy: bool) -> None:
+        """Update alpha from the positions whose context was right (up to the first rejection)."""
+        valid = accepted + 1
+        target = logits[:valid].argmax(-1)
+        if read_lens:
+            agreement.observe(lens_tokens(model, out.hidden_states, valid) == target)
+        elif greedy and layer and drafts:
+            # A greedy draft token IS the drafting layer's shadow token: learn from it for free.
+            seen = min(valid, len(drafts))
+            hits = torch.tensor(drafts[:seen]) == target[:seen]
+            agreement.observe(hits[None], slice(layer - 1, layer))

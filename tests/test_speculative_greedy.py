@@ -1,0 +1,232 @@
+"""Greedy speculative methods (prompt lookup, Token Recycling, DySpec, RASD) on a tiny float64 llama:
+output equal to plain greedy and to transformers, EOS and length handled inside a multi-token round,
+the KV cache rolled back exactly after every round, and Token Recycling's matrix kept as specified."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_tiny_llama
+from playground.decoding import DecodeSession
+from playground.events import StatsEvent, TokenEvent, TreeEvent, VerifyEvent
+from strategies import REGISTRY
+from test_exactness import PROMPTS, hf
+
+METHODS = ["prompt_lookup", "token_recycling", "dyspec", "rasd"]
+MAX_NEW = 30
+SPEC_PROMPTS = PROMPTS + [[17, 12, 79], [11]]   # the last two give Token Recycling multi-token rounds of new tokens
+
+
+@pytest.fixture(scope="module")
+def draft_model():
+    """A different random llama with the target's vocabulary: a poor but honest draft."""
+    return build_tiny_llama(seed=1)
+
+
+def run(model, tokenizer, name, prompt, max_new=MAX_NEW, eos=(), draft=None, check=None, **params):
+    """Run a method; after every round (each StatsEvent) check the target cache holds exactly the
+    committed tokens minus the pending root. `check(strategy, session, event)` sees every event."""
+    session = DecodeSession(model, tokenizer, prompt, max_new, set(eos), 0, draft_model=draft)
+    strategy = REGISTRY[name](**params)
+    events = []
+    for event in strategy.decode(session):
+        events.append(event)
+        if isinstance(event, StatsEvent):
+            assert strategy.cache.get_seq_length() == len(prompt) + len(session.output_ids) - 1
+        if check:
+            check(strategy, session, event)
+    return [e.token_id for e in events if isinstance(e, TokenEvent)], events, session
+
+
+def rounds(events):
+    return [e for e in events if isinstance(e, VerifyEvent)]
+
+
+def greedy(model, tokenizer, prompt, max_new=MAX_NEW, eos=()):
+    return run(model, tokenizer, "greedy", prompt, max_new, eos)[0]
+
+
+def drafts_for(name, tiny_model, draft_model):
+    """Draft models to try: none for draft-free methods; an unrelated one and a perfect one (the target)."""
+    return [None] if not REGISTRY[name].needs_draft else [draft_model, tiny_model]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_equals_greedy_and_generate(tiny_model, tiny_tokenizer, draft_model, name):
+    for prompt in SPEC_PROMPTS:
+        expected = greedy(tiny_model, tiny_tokenizer, prompt)
+        assert expected == hf(tiny_model, prompt, max_new=MAX_NEW, do_sample=False)
+        for draft in drafts_for(name, tiny_model, draft_model):
+            ours, events, session = run(tiny_model, tiny_tokenizer, name, prompt, draft=draft)
+            assert ours == expected, (prompt, draft is tiny_model)
+            emitted = [r.emitted for r in rounds(events)]
+            assert session.forward_passes == 1 + len(emitted)          # prefill + ONE pass per round
+            assert 1 + sum(emitted) == len(ours)                       # first token comes from the prefill
+            for r in rounds(events):
+                assert 1 <= r.emitted <= len(r.depth_accepted) + 1
+                assert r.accepted <= len(r.depth_accepted) and r.depth_accepted[:r.accepted] == [True] * r.accepted
+            trees = [e for e in events if isinstance(e, TreeEvent)]
+            assert len(trees) == len(emitted) and all(t.reset for t in trees)
+
+
+def test_perfect_draft_is_accepted_every_round(tiny_model, tiny_tokenizer):
+    """With the target as its own draft, the draft's top child is the target's argmax, so every round
+    but the last accepts at least one draft token. This fails if the draft cache drifts."""
+    for name in ("dyspec", "rasd"):
+        for prompt in PROMPTS:
+            _, events, session = run(tiny_model, tiny_tokenizer, name, prompt, draft=tiny_model)
+            assert all(r.accepted >= 1 for r in rounds(events)[:-1]), name
+            assert session.draft_forward_passes > 0
+
+
+def inside_multi_token_rounds(events):
+    """Output indices committed inside a multi-token round, not as its last token."""
+    index, inside = 1, []                                       # token 0 came from the prefill
+    for r in rounds(events):
+        inside += range(index, index + r.emitted - 1)
+        index += r.emitted
+    return inside
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_stops_at_eos_like_greedy(tiny_model, tiny_tokenizer, draft_model, name):
+    """EOS is taken from inside a multi-token round where possible, so the round must be cut short.
+    (Prompt lookup never drafts EOS, as in transformers, so there EOS can only end a round.)"""
+    cut_short = 0
+    for prompt in SPEC_PROMPTS:
+        draft = drafts_for(name, tiny_model, draft_model)[-1]
+        free, events, _ = run(tiny_model, tiny_tokenizer, name, prompt, draft=draft)
+        inside = [i for i in inside_multi_token_rounds(events) if free[i] not in free[:i]]
+        eos = free[inside[0]] if inside else free[len(free) // 2]
+        cut_short += bool(inside)
+        expected = greedy(tiny_model, tiny_tokenizer, prompt, eos=[eos])
+        assert expected == free[: free.index(eos) + 1]
+        reference = hf(tiny_model, prompt, max_new=MAX_NEW, eos=eos, do_sample=False)
+        assert expected == reference[: reference.index(eos) + 1]
+        ours, _, _ = run(tiny_model, tiny_tokenizer, name, prompt, eos=[eos], draft=draft)
+        assert ours == expected
+    assert cut_short >= 1 or name == "prompt_lookup", "no multi-token round to cut: the test would prove nothing"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_stops_at_the_length_limit_inside_a_round(tiny_model, tiny_tokenizer, draft_model, name):
+    cut_short = 0
+    for prompt in PROMPTS:
+        draft = drafts_for(name, tiny_model, draft_model)[-1]
+        free, events, _ = run(tiny_model, tiny_tokenizer, name, prompt, draft=draft)
+        inside = inside_multi_token_rounds(events)
+        if inside:
+            cut_short += 1
+            limit = inside[0] + 1
+            ours, _, session = run(tiny_model, tiny_tokenizer, name, prompt, max_new=limit, draft=draft)
+            assert ours == free[:limit] and len(session.output_ids) == limit
+    assert cut_short >= 1, "no multi-token round to cut: the test would prove nothing"
+
+
+@pytest.mark.parametrize("num_tokens,max_ngram", [(10, 2), (3, 1), (5, 3)])
+def test_prompt_lookup_equals_generate_prompt_lookup(tiny_model, tiny_tokenizer, num_tokens, max_ngram):
+    for prompt in PROMPTS + [[7, 8, 9, 7, 8, 9, 7, 8]]:
+        ours, _, _ = run(tiny_model, tiny_tokenizer, "prompt_lookup", prompt, num_tokens=num_tokens,
+                         max_ngram=max_ngram)
+        assert ours == hf(tiny_model, prompt, max_new=MAX_NEW, do_sample=False,
+                          prompt_lookup_num_tokens=num_tokens, max_matching_ngram_size=max_ngram)
+
+
+def test_prompt_lookup_copies_the_first_earlier_match():
+    from strategies.prompt_lookup import lookup
+
+    assert lookup([1, 2, 3, 9, 1, 2, 4, 1, 2], 2, 10) == ([3, 9, 1, 2, 4, 1, 2], 2)
+    assert lookup([1, 2, 3, 4], 2, 10) == ([], -1)                    # no match: no draft
+    assert lookup([5, 1, 7, 1], 2, 2) == ([7, 1], 2)                  # falls back to a 1-gram
+
+
+def sequential_logits(model, ids):
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([ids])).logits[0, -1]
+
+
+def test_token_recycling_matrix_rows_are_topk_of_each_node(tiny_model, tiny_tokenizer):
+    """After every round, M[t] for each tree token t is the top-k of the target's logits at the last
+    node holding t (computed here independently, by a plain forward along that node's path)."""
+    k = 4
+    checked = []
+
+    def check(strategy, session, event):
+        if isinstance(event, TreeEvent):
+            check.prefix = session.prompt_ids + session.output_ids[:-1]     # everything before the root
+            check.nodes = [n for n in event.nodes if n.status != "bonus"]
+        if isinstance(event, StatsEvent) and len(checked) < 6:
+            by_id = {n.id: n for n in check.nodes}
+            last = {n.token_id: n for n in check.nodes}                    # tree order: the last one wins
+            for token, node in last.items():
+                path, at = [], node
+                while at is not None:
+                    path.append(at.token_id)
+                    at = by_id[at.parent] if at.parent is not None else None
+                logits = sequential_logits(tiny_model, check.prefix + path[::-1])
+                assert strategy.matrix[token].tolist() == logits.topk(k).indices.tolist()
+            checked.append(len(last))
+
+    for prompt in PROMPTS[:2]:
+        run(tiny_model, tiny_tokenizer, "token_recycling", prompt, check=check, top_k=k, max_nodes=12,
+            adaptive=False)
+    assert len(checked) >= 6 and max(checked) > 1
+
+
+def test_token_recycling_warm_starts_from_the_prompt(tiny_model, tiny_tokenizer):
+    prompt = PROMPTS[1]
+    session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 1, set(), 0)
+    strategy = REGISTRY["token_recycling"](top_k=3)
+    list(strategy.decode(session))
+    for i, token in enumerate(prompt):
+        assert strategy.matrix[token].tolist() == sequential_logits(tiny_model, prompt[: i + 1]).topk(3).indices.tolist()
+
+
+def test_token_recycling_budget_follows_measured_cost():
+    from strategies.token_recycling import BUDGETS, CostModel, best_first_template, choose_budget
+
+    positions, values = best_first_template([0.5, 0.2, 0.1], 64)
+    assert all(p < i + 1 for i, (p, _) in enumerate(positions))        # parents come first
+    assert values == sorted(values, reverse=True)
+    costs = CostModel()
+    tried = [choose_budget(values, costs, 64) for _ in BUDGETS]
+    assert tried == list(BUDGETS)                                        # every size is tried once
+    for n in (b + 1 for b in BUDGETS):
+        costs.record(n, 1.0 + 0.5 * (n - 1))                               # steep: extra nodes are expensive
+    steep = choose_budget(values, costs, 64)
+    for n in (b + 1 for b in BUDGETS):
+        costs.seconds[n] = 1.0 + 0.001 * (n - 1)                           # nearly free: grow the tree
+    flat = choose_budget(values, costs, 64)
+    assert steep < flat and flat == 64
+
+
+def test_rasd_fusion_shares_prefixes():
+    from strategies.rasd import fuse, retrieve
+    from strategies.tree_attention import DraftTree
+
+    tree = DraftTree.rooted(0)
+    a = tree.add(0, 5)
+    tree.add(a, 6)
+    origin = ["root", "model", "model"]
+    graft = fuse(tree, origin, [5, 6, 7, 8])
+    assert graft == 2 and tree.tokens[3:] == [7, 8] and origin == ["root", "both", "both", "retrieval", "retrieval"]
+    fuse(tree, origin, [5, 9])
+    for node in range(len(tree)):                                         # no duplicate sibling tokens
+        kids = [tree.tokens[c] for c in tree.children(node)]
+        assert len(kids) == len(set(kids))
+    assert retrieve([1, 2, 3, 1, 2, 4, 1, 2], 2, 3, 5) == [[4, 1, 2], [3, 1, 2]]
+
+
+def test_acceptance_panels_draw_and_escape(tiny_model, tiny_tokenizer, draft_model):
+    from visualizers.speculative import acceptance_figure, depth_acceptance, depth_figure
+
+    _, events, _ = run(tiny_model, tiny_tokenizer, "dyspec", PROMPTS[1], draft=tiny_model)
+    assert acceptance_figure(events) is not None and depth_figure(events) is not None
+    proposed, reached = depth_acceptance(rounds(events))
+    assert reached[0] == sum(r.accepted >= 1 for r in rounds(events)) and all(r <= p for r, p in zip(reached, proposed))
+    hostile = [VerifyEvent(step=0, drafted=2, accepted=1, emitted=2, depth_accepted=[True, False],
+                           source="<img src=x onerror=alert(1)>")]
+    fig = acceptance_figure(hostile)
+    assert "<img" not in fig.to_json() and "&lt;img" in fig.to_json()
+    assert acceptance_figure([]) is None and depth_figure([]) is None

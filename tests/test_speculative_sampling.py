@@ -1,0 +1,257 @@
+"""Speculative methods on tiny float64 llamas: greedy modes equal plain greedy token for token,
+sampling mode outputs the target's warped distribution, DEL's full-depth draft is always accepted.
+
+Target: build_tiny_llama(seed=0); draft: build_tiny_llama(seed=1) (same vocabulary, different
+weights, so drafts are often wrong and every rejection path runs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import build_tiny_llama
+
+from playground.decoding import DecodeSession
+from playground.drafts import parse_truncated, truncated_view
+from playground.events import LayerAcceptanceEvent, StatsEvent, TokenEvent, TreeEvent, VerifyEvent, from_dicts, to_dicts
+from strategies import REGISTRY
+from strategies.early_exit import expected_tokens, plan, tpl_table
+
+PROMPTS = [[5, 17, 33], [1, 2, 3, 4, 5, 6, 7, 8], [90], [42, 42, 42, 7]]
+
+
+@pytest.fixture(scope="module")
+def target():
+    return build_tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return build_tiny_llama(seed=1)
+
+
+@pytest.fixture(scope="module")
+def deep_target():
+    """Four layers, so DEL has early exits to choose from."""
+    return build_tiny_llama(seed=0, layers=4)
+
+
+def run(model, tokenizer, name, prompt, max_new=24, eos=(), seed=0, draft_model=None, **params):
+    """Run a method; after every round (its StatsEvent) the target cache must hold exactly the
+    committed tokens minus the pending root."""
+    session = DecodeSession(model, tokenizer, prompt, max_new, set(eos), seed, draft_model=draft_model)
+    strategy = REGISTRY[name](**params)
+    events = []
+    for event in strategy.decode(session):
+        events.append(event)
+        if isinstance(event, StatsEvent) and hasattr(strategy, "cache"):
+            assert strategy.cache.get_seq_length() == len(prompt) + len(session.output_ids) - 1
+    return [e.token_id for e in events if isinstance(e, TokenEvent)], events, session
+
+
+def greedy(model, tokenizer, prompt, max_new=24, eos=()):
+    return run(model, tokenizer, "greedy", prompt, max_new, eos)[0]
+
+
+def rounds(events):
+    return [e for e in events if isinstance(e, VerifyEvent)]
+
+
+# --- speculative sampling, greedy mode --------------------------------------------------------
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_speculative_greedy_equals_greedy(target, draft, tiny_tokenizer, prompt):
+    reference = greedy(target, tiny_tokenizer, prompt)
+    for gamma in (1, 4):
+        ours, events, session = run(target, tiny_tokenizer, "speculative", prompt, draft_model=draft, gamma=gamma)
+        assert ours == reference, gamma
+        verify = rounds(events)
+        assert all(1 <= v.emitted <= v.drafted + 1 for v in verify)
+        assert session.forward_passes == len(verify) + (len(prompt) > 1)       # one target pass per round
+    # a draft that IS the target: every draft accepted, gamma + 1 tokens per round
+    ours, events, session = run(target, tiny_tokenizer, "speculative", prompt, draft_model=target, gamma=4)
+    assert ours == reference
+    assert all(v.accepted == v.drafted for v in rounds(events))
+    assert session.forward_passes <= math.ceil(24 / 5) + 1
+
+
+def test_speculative_greedy_with_truncated_draft_and_limits(target, tiny_tokenizer):
+    """A draft sharing the target's first layer (playground/drafts.py); EOS and length cut exactly."""
+    one_layer = truncated_view(target, 1)
+    free = greedy(target, tiny_tokenizer, PROMPTS[0])
+    eos = free[9]
+    for max_new, stop in ((7, ()), (24, (eos,)), (1, ())):
+        reference = greedy(target, tiny_tokenizer, PROMPTS[0], max_new, stop)
+        ours, events, _ = run(target, tiny_tokenizer, "speculative", PROMPTS[0], max_new, stop,
+                              draft_model=one_layer, gamma=4)
+        assert ours == reference
+        stats = [e for e in events if isinstance(e, StatsEvent)][-1].values
+        assert 0 <= stats["acceptance rate"] <= 1
+    assert parse_truncated("embedded@layers=8") == ("embedded", 8) and parse_truncated("embedded") is None
+
+
+def test_speculative_events_describe_each_round(target, draft, tiny_tokenizer):
+    ours, events, _ = run(target, tiny_tokenizer, "speculative", PROMPTS[1], draft_model=draft, gamma=3,
+                          temperature=1.0)
+    trees = [e for e in events if isinstance(e, TreeEvent)]
+    verify = rounds(events)
+    assert len(trees) == len(verify) and all(t.reset for t in trees)
+    assert sum(v.emitted for v in verify) == len(ours)
+    for tree, v in zip(trees, verify):
+        statuses = [n.status for n in tree.nodes[1:]]
+        assert statuses.count("accepted") == v.accepted and statuses.count("bonus") == 1
+        assert v.depth_accepted == [v.accepted > d for d in range(v.drafted)]
+    rejected = [v.rejection for v in verify if v.rejection]
+    assert rejected, "a random draft must be rejected somewhere"
+    r = rejected[0]
+    assert r["draft_token"] in r["token_ids"] and len(r["p"]) == len(r["q"]) == len(r["residual"]) == len(r["texts"])
+    assert all(res == 0 for p, q, res in zip(r["p"], r["q"], r["residual"]) if p <= q)
+    assert from_dicts(to_dicts(events))[0].to_dict() == events[0].to_dict()
+
+
+# --- speculative sampling, sampling mode: the output distribution is the target's ------------------
+
+def warped_target(model, context, temperature, top_k):
+    from strategies.speculative import make_warp, probabilities
+
+    with torch.no_grad():
+        logits = model(torch.tensor([context])).logits[0, -1]
+    return probabilities(logits, make_warp(temperature, top_k, 1.0))
+
+
+def chi_square_fails(counts: torch.Tensor, probs: torch.Tensor, z: float = 3.29) -> tuple[float, float]:
+    """Pearson chi-square of counts against probs (cells with expected < 5 pooled) and the critical
+    value at p ~ 5e-4 (Wilson-Hilferty): the statistic and the bar it must stay under."""
+    n = float(counts.sum())
+    expected = probs * n
+    small = expected < 5
+    obs = torch.cat([counts[~small], counts[small].sum()[None]])
+    exp = torch.cat([expected[~small], expected[small].sum()[None]])
+    keep = exp > 0
+    stat = float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
+    df = int(keep.sum()) - 1
+    critical = df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    return stat, critical
+
+
+def test_verify_chain_outputs_the_target_law(target, draft):
+    """The round rule on the tiny models' real distributions, 20 000 rounds of gamma = 2 drafts: the
+    first emitted token follows the target's warped p(. | prompt), and the token after an accepted
+    first draft t follows p(. | prompt + t)."""
+    from strategies.speculative import make_warp, probabilities, verify_chain
+
+    temperature, top_k, trials = 1.5, 24, 20_000
+    warp = make_warp(temperature, top_k, 1.0)
+    prompt = PROMPTS[0]
+    q1 = warped_target(draft, prompt, temperature, top_k)
+    firsts = torch.nonzero(q1 > 0).flatten().tolist()
+    q2 = {t: warped_target(draft, prompt + [t], temperature, top_k) for t in firsts}
+    pairs = [(a, b) for a in firsts for b in torch.nonzero(q2[a] > 0).flatten().tolist()]
+    with torch.no_grad():                                    # every (x1, x2) the draft can propose, one batch
+        rows = target(torch.tensor([prompt + [a, b] for a, b in pairs])).logits[:, len(prompt) - 1:]
+    target_logits = dict(zip(pairs, rows))
+
+    g, draft_g = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+    first, second_after = [], {}
+    for _ in range(trials):
+        x1 = int(torch.multinomial(q1, 1, generator=draft_g))
+        x2 = int(torch.multinomial(q2[x1], 1, generator=draft_g))
+        verdict = verify_chain(target_logits[(x1, x2)], [x1, x2], torch.stack([q1, q2[x1]]), warp, g)
+        emitted = [x1, x2][:verdict.accepted] + [verdict.next_token]
+        first.append(emitted[0])
+        if len(emitted) > 1:
+            second_after.setdefault(emitted[0], []).append(emitted[1])
+    vocab = target.config.vocab_size
+    p1 = warped_target(target, prompt, temperature, top_k)
+    stat, critical = chi_square_fails(torch.bincount(torch.tensor(first), minlength=vocab).double(), p1)
+    assert stat < critical, (stat, critical)
+    t, seconds = max(second_after.items(), key=lambda kv: len(kv[1]))
+    assert len(seconds) > 500
+    p2 = warped_target(target, prompt + [t], temperature, top_k)
+    stat, critical = chi_square_fails(torch.bincount(torch.tensor(seconds), minlength=vocab).double(), p2)
+    assert stat < critical, (stat, critical)
+    # the check has power: the draft's own distribution is clearly rejected
+    stat, critical = chi_square_fails(torch.bincount(torch.tensor(first), minlength=vocab).double(), q1 + 1e-9)
+    assert stat > 5 * critical
+
+
+def test_speculative_sampling_end_to_end_matches_target(target, draft, tiny_tokenizer):
+    """The whole strategy (caches, rounds, commits) over many seeds, two new tokens each: the first
+    and the second token follow the target's warped distributions; accept and residual paths both run."""
+    temperature, top_k, runs = 1.5, 24, 1000
+    prompt = PROMPTS[0]
+    strategy = REGISTRY["speculative"](gamma=2, temperature=temperature, top_k=top_k)
+    firsts, seconds, accepted_first = [], [], 0
+    for seed in range(runs):
+        session = DecodeSession(target, tiny_tokenizer, prompt, 2, set(), seed, draft_model=draft)
+        events = list(strategy.decode(session))
+        firsts.append(session.output_ids[0])
+        seconds.append(session.output_ids[1])
+        accepted_first += rounds(events)[0].accepted > 0
+    vocab = target.config.vocab_size
+    p_first = warped_target(target, prompt, temperature, top_k)
+    stat, critical = chi_square_fails(torch.bincount(torch.tensor(firsts), minlength=vocab).double(), p_first)
+    assert stat < critical, (stat, critical)
+    # second token: sum over first tokens of p(first) * p(second | first)
+    p_second = sum(p_first[t] * warped_target(target, prompt + [t], temperature, top_k)
+                   for t in torch.nonzero(p_first > 0).flatten().tolist())
+    stat, critical = chi_square_fails(torch.bincount(torch.tensor(seconds), minlength=vocab).double(), p_second)
+    assert stat < critical, (stat, critical)
+    assert 0.1 * runs < accepted_first < 0.9 * runs               # both the accept and the residual path ran
+
+
+# --- DEL: self-speculation from early layers --------------------------------------------------------
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_early_exit_greedy_equals_greedy(deep_target, tiny_tokenizer, prompt):
+    reference = greedy(deep_target, tiny_tokenizer, prompt)
+    settings = [{}, {"exit_layer": 1, "draft_length": 3, "confidence": 0.0}, {"exit_layer": 3, "draft_length": 5},
+                {"exit_layer": 2, "count_head": False, "lens_every": 3}]
+    for params in settings:
+        ours, events, _ = run(deep_target, tiny_tokenizer, "early_exit", prompt, **params)
+        assert ours == reference, params
+
+
+def test_early_exit_full_depth_accepts_every_draft(deep_target, tiny_tokenizer):
+    ours, events, session = run(deep_target, tiny_tokenizer, "early_exit", PROMPTS[1], exit_layer=4,
+                                draft_length=4, confidence=0.0)
+    assert ours == greedy(deep_target, tiny_tokenizer, PROMPTS[1])
+    verify = rounds(events)
+    assert all(v.accepted == v.drafted for v in verify) and sum(v.drafted for v in verify) >= 16
+    layers = [e for e in events if isinstance(e, LayerAcceptanceEvent)]
+    assert layers[-1].alpha[-1] == 1.0 and all(0 <= a <= 1 for e in layers for a in e.alpha)
+
+
+def test_early_exit_drafts_are_the_layers_logit_lens(deep_target, tiny_tokenizer):
+    """The draft runs on the target's own cache: its first token each round must be what layer 2's
+    early exit predicts after a fresh full forward of the committed context."""
+    ours, events, _ = run(deep_target, tiny_tokenizer, "early_exit", PROMPTS[0], max_new=12, exit_layer=2,
+                          draft_length=3, confidence=0.0)
+    committed = 0
+    for tree, v in zip([e for e in events if isinstance(e, TreeEvent)], rounds(events)):
+        context = PROMPTS[0] + ours[:committed]
+        with torch.no_grad():
+            hidden = deep_target(torch.tensor([context]), output_hidden_states=True).hidden_states[2][0, -1]
+            lens = int(deep_target.lm_head(deep_target.model.norm(hidden)).argmax())
+        assert tree.nodes[1].token_id == lens
+        committed += v.emitted
+
+
+def test_tpl_formula_and_plan():
+    alpha = torch.tensor([0.0, 0.5, 1.0, 1.0], dtype=torch.float64)
+    lengths = torch.tensor([1, 2, 3])
+    assert torch.allclose(expected_tokens(alpha, lengths)[1], torch.tensor([1.5, 1.75, 1.875], dtype=torch.float64))
+    table = tpl_table(alpha, head=0.0, max_length=3)
+    assert math.isclose(float(table[2, 1]), 3 / (2 * 3 + 4))             # alpha = 1: (d+1) / (d l + L)
+    layer, length, _ = plan(alpha, 0.0, 3, 0, 0)
+    assert (layer, length) == (3, 3)
+    assert plan(torch.zeros(4, dtype=torch.float64), 0.0, 3, 0, 0)[:2] == (0, 0)  # nothing beats plain decoding
+    assert plan(alpha, 0.0, 3, 4, 2)[:2] == (4, 2)
+
+
+def test_early_exit_sampling_mode_runs(deep_target, tiny_tokenizer):
+    ours, events, _ = run(deep_target, tiny_tokenizer, "early_exit", PROMPTS[0], exit_layer=3, draft_length=3,
+                          temperature=1.0, top_p=0.9)
+    assert len(ours) == 24 and any(v.rejection for v in rounds(events))
