@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from playground.config import settings
 from playground.events import Event, MetricsEvent, RunStarted, TokenEvent, TreeEvent, from_dicts, to_dicts
@@ -78,7 +78,7 @@ class RunRepository:
 
     def count(self) -> int:
         with self.sessions() as session:
-            return len(session.scalars(select(Run.id)).all())
+            return session.scalar(select(func.count()).select_from(Run)) or 0
 
 
 _default: dict[str, RunRepository] = {}

@@ -95,10 +95,11 @@ class BeamSearch(Strategy):
                 described[node_id] = s.describe(int(token[r]), logits[b], 0)
                 new_seqs.append(seqs[b] + [int(token[r])])
                 new_leaf.append(node_id)
-            best_preview = new_seqs[0] if not finished or float(top_scores[order[0]]) / length**lp > finished[0][0] \
-                else finished[0][1]
+            # Preview: the best running beam, unless a finished hypothesis already scores higher.
+            running_best = float(top_scores[order[0]]) / length ** lp
+            preview = finished[0][1] if finished and finished[0][0] >= running_best else new_seqs[0]
             yield TreeEvent(step=step, nodes=nodes, reset=step == 0, title="Beam tree",
-                            preview=s.tokenizer.decode(best_preview, skip_special_tokens=False))
+                            preview=s.tokenizer.decode(preview, skip_special_tokens=False))
             yield StatsEvent({"finished hypotheses": len(finished), "beam width": width})
 
             running = top_scores[order].clone()

@@ -7,6 +7,7 @@ Everything that came from a user or a model is escaped here: a prompt or a token
 from __future__ import annotations
 
 import html
+import math
 
 from playground.events import Event, RunStarted, TokenEvent, TreeEvent
 
@@ -37,8 +38,6 @@ def probability_colour(prob: float) -> str:
 
 
 def token_tooltip(event: TokenEvent) -> str:
-    import math
-
     lines = [f"p = {math.exp(event.logprob):.3f}   H = {event.entropy:.2f} nats"]
     if event.kept is not None:
         lines[0] += f"   kept = {event.kept}"
@@ -49,8 +48,6 @@ def token_tooltip(event: TokenEvent) -> str:
 
 
 def tokens_html(events: list[Event]) -> str:
-    import math
-
     parts = []
     for event in events:
         if isinstance(event, TokenEvent):
