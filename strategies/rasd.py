@@ -115,16 +115,17 @@ class RASD(Strategy):
                 fuse(tree, origin, sequence)
             past_len = cache.get_seq_length()
             logits = verify_tree(s, tree, cache)
-            scores = grown.q + [None] * (len(tree) - model_nodes)
+            draft_q = grown.q + [None] * (len(tree) - model_nodes)       # retrieved nodes have no draft q
+            labels = [origin[i] + (f" q={draft_q[i]:.2f}" if draft_q[i] is not None and i else "")
+                      for i in range(len(tree))]
             path, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
                                                  source=f"draft model + {len(retrieved)} retrieved",
-                                                 scores=None, labels=[f"[{o}]" + (f" q={q:.2f}" if q is not None and i else "")
-                                                                      for i, (o, q) in enumerate(zip(origin, scores))],
-                                                 title="RASD fused tree")
+                                                 labels=labels, title="RASD fused tree")
             for i in range(1, len(tree)):
                 by_source[origin[i]][0] += 1
             for i in path[1:]:
                 by_source[origin[i]][1] += 1
-            yield StatsEvent({f"{src} acceptance": acc / drafted for src, (drafted, acc) in by_source.items() if drafted})
+            yield StatsEvent({f"{src} acceptance": acc / drafted
+                              for src, (drafted, acc) in by_source.items() if drafted})
             lag = keep_draft_path(draft_cache, past_len, tree, grown.fed, path)
             step += 1

@@ -20,23 +20,31 @@ import weakref
 
 import torch
 
+from playground.events import StatsEvent
+
 from .base import Param, Strategy
 from .tree_attention import AcceptanceStats, DraftTree, greedy_accept, greedy_round, verify_tree
 
-BUDGETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round the cost model may pick
+BUDGETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round (0: a plain greedy step)
 MAX_DEPTH = 8
 
 
 class CostModel:
     """Seconds per verification pass as a function of the number of tokens fed, measured here."""
 
+    WINDOW = 7
+
     def __init__(self):
-        self.seconds: dict[int, float] = {}
+        self.seconds: dict[int, float] = {}          # the median of the recent passes of each size
+        self.recent: dict[int, list[float]] = {}
         self.tried: set[int] = set()
 
     def record(self, n_tokens: int, seconds: float) -> None:
-        old = self.seconds.get(n_tokens)
-        self.seconds[n_tokens] = seconds if old is None else 0.8 * old + 0.2 * seconds   # follow drift, damp noise
+        # A median of the last few follows drift but ignores one-off stalls (another process, a GC pause).
+        recent = self.recent.setdefault(n_tokens, [])
+        recent.append(seconds)
+        del recent[:-self.WINDOW]
+        self.seconds[n_tokens] = sorted(recent)[len(recent) // 2]
 
     def untried(self, sizes) -> list[int]:
         return [n for n in sizes if n not in self.tried]
@@ -63,6 +71,23 @@ _COSTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, CostModel]]" = wea
 
 def cost_model_for(model) -> CostModel:
     return _COSTS.setdefault(model, {}).setdefault(torch.get_num_threads(), CostModel())
+
+
+# The "shared" matrix mode: one hot M (and its rank statistics) per model and k, as in the paper.
+_SHARED: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, tuple[torch.Tensor, RankHits]]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _shared(model, vocab: int, k: int) -> tuple[torch.Tensor, "RankHits"]:
+    return _SHARED.setdefault(model, {}).setdefault(k, (torch.zeros(vocab, k, dtype=torch.long), RankHits(k)))
+
+
+def shared_matrix(model, vocab: int, k: int) -> torch.Tensor:
+    return _shared(model, vocab, k)[0]
+
+
+def shared_rank_hits(model, k: int) -> "RankHits":
+    return _SHARED[model][k][1]
 
 
 class RankHits:
@@ -106,8 +131,8 @@ def choose_budget(values: list[float], costs: CostModel, limit: int) -> int:
     if todo:
         costs.tried.add(todo[0])
         return todo[0] - 1
-    expected = torch.tensor(values).cumsum(0).tolist()
-    return max(budgets, key=lambda b: (1 + expected[min(b, len(expected)) - 1]) / costs.cost(b + 1))
+    expected = [0.0] + torch.tensor(values, dtype=torch.float64).cumsum(0).tolist()   # expected[b]: b nodes
+    return max(budgets, key=lambda b: (1 + expected[min(b, len(expected) - 1)]) / costs.cost(b + 1))
 
 
 def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]]) -> DraftTree:
@@ -129,9 +154,11 @@ def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]])
     return tree
 
 
-def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor) -> None:
-    """M[token] = top-k of the logits after it, for every node; the last node with a token wins."""
-    last = {t: i for i, t in enumerate(tokens)}
+def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None) -> None:
+    """M[token] = top-k of the logits after it, for every node, written in `order` (default: tree
+    order), so where a token occurs at several nodes the last one written wins."""
+    order = range(len(tokens)) if order is None else order
+    last = {tokens[i]: i for i in order}
     idx = torch.tensor(list(last.values()))
     matrix[torch.tensor(list(last.keys()))] = logits[idx].topk(matrix.shape[1], -1).indices
 
@@ -150,6 +177,9 @@ class TokenRecycling(Strategy):
                    "(0 = no drafts: plain greedy through the same machinery).", step=1),
         Param("adaptive", "bool", True, help="Pick the tree size from measured cost and running acceptance; "
                                              "off: always max_nodes."),
+        Param("matrix", "choice", "per run", choices=("per run", "shared"),
+              help="per run: M starts empty and is warmed from the prompt (reproducible traces); shared: one M "
+                   "per model, kept hot across runs as in the paper (later runs draft from earlier ones)."),
     )
 
     def decode(self, s):
@@ -159,14 +189,16 @@ class TokenRecycling(Strategy):
         prompt_logits = prompt_logits[0]
         vocab = prompt_logits.shape[-1]
         # M starts as token 0 everywhere, warmed from the prompt: what the model predicted after each prompt token.
-        self.matrix = matrix = torch.zeros(vocab, k, dtype=torch.long)
+        shared = self.p["matrix"] == "shared"
+        self.matrix = matrix = shared_matrix(s.model, vocab, k) if shared else torch.zeros(vocab, k, dtype=torch.long)
         refresh_rows(matrix, s.prompt_ids, prompt_logits)
         root = int(prompt_logits[-1].argmax())
         yield s.commit(root, prompt_logits[-1])
         if s.is_eos(root) or not s.room():
             return
 
-        costs, hits, stats, step = cost_model_for(s.model), RankHits(k), AcceptanceStats(), 0
+        hits = shared_rank_hits(s.model, k) if shared else RankHits(k)
+        costs, stats, step = cost_model_for(s.model), AcceptanceStats(), 0
         while root is not None:
             positions, values = best_first_template(hits.rates(), limit)
             budget = choose_budget(values, costs, limit) if self.p["adaptive"] and limit else limit
@@ -178,8 +210,13 @@ class TokenRecycling(Strategy):
             path = greedy_accept(tree, logits)
             tokens = torch.tensor(tree.tokens)
             hits.record(matrix[tokens[path]], logits[path].argmax(-1))
-            refresh_rows(matrix, tree.tokens, logits)
+            # The accepted path is the real context: its rows are written last, so they win over a
+            # rejected node holding the same token (whose context never happened).
+            on_path = set(path)
+            refresh_rows(matrix, tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
             _, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
                                               source=f"recycled top-{k} (tree of {len(tree) - 1})",
                                               title="Token Recycling draft tree")
+            yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
+                              "rank-1 hit rate": hits.rates()[0]})
             step += 1

@@ -236,8 +236,8 @@ def tree_event(session, tree: DraftTree, logits: torch.Tensor, path: list[int], 
     Each node shows p, the target's probability of its token after its parent."""
     parents = torch.tensor([max(p, 0) for p in tree.parents])
     tokens = torch.tensor(tree.tokens)
-    lse = torch.logsumexp(logits.double(), -1)
-    logp_node = (logits[parents, tokens].double() - lse[parents]).tolist()
+    lse = torch.logsumexp(logits.float(), -1)            # display precision; float64 of (n, V) costs ms here
+    logp_node = (logits[parents, tokens].float() - lse[parents]).tolist()
     p = [math.exp(v) for v in logp_node]
     committed = set(path[:count])
     nodes = []
@@ -252,7 +252,7 @@ def tree_event(session, tree: DraftTree, logits: torch.Tensor, path: list[int], 
     chosen = path[count - 1]
     if count == len(path):                               # the target's own token after the accepted path
         bonus = int(logits[path[-1]].argmax())
-        logp_bonus = float(logits[path[-1], bonus].double() - lse[path[-1]])
+        logp_bonus = float(logits[path[-1], bonus].float() - lse[path[-1]])
         nodes.append(TreeNode(id=len(tree), parent=path[-1], token_id=bonus, text=session.token_text(bonus),
                               score=math.exp(logp_bonus), logprob=logp_bonus, status="bonus",
                               label=f"p={math.exp(logp_bonus):.2f}"))
