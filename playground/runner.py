@@ -22,7 +22,7 @@ from .hardware import machine_bandwidth_gb_s
 from .models import EMBEDDED, LoadedModel, ModelLoadError, load_model
 
 MAX_PROMPT_CHARS = 100_000
-DEFAULT_DRAFT = EMBEDDED
+DEFAULT_DRAFT = f"{EMBEDDED}@layers=24"   # the embedded model's first 24 of 30 layers (playground/drafts.py)
 MAX_SEED = 2**63 - 1
 
 

@@ -9,8 +9,10 @@ from .dyspec import DySpec
 from .greedy import Greedy
 from .prompt_lookup import PromptLookup
 from .rasd import RASD
+from .rsd import RecursiveSpeculative
 from .sampling import Sampling
 from .speculative import SpeculativeSampling
+from .spectr import SpecTr
 from .token_recycling import TokenRecycling
 from .top_h import TopH
 
@@ -25,6 +27,8 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     DySpec,
     SpeculativeSampling,
     EarlyExit,
+    RecursiveSpeculative,
+    SpecTr,
 )}
 
 

@@ -36,8 +36,8 @@ from playground.events import LayerAcceptanceEvent
 
 from . import acceptance
 from .base import Param, Strategy
-from .speculative import (chain_tree, committed_count, make_warp, prefill_all_but_last, probabilities, round_events,
-                          sampling_params, verify_chain)
+from .speculative import (chain_tree, check_sampling, committed_count, make_warp, prefill_all_but_last, probabilities,
+                          round_events, sampling_params, verify_chain)
 from .tree_attention import AcceptanceStats, keep_prefix
 
 
@@ -90,7 +90,8 @@ def tpl_table(alpha: torch.Tensor, head: float, max_length: int) -> torch.Tensor
     return expected_tokens(alpha, lengths) / cost
 
 
-def plan(alpha: torch.Tensor, head: float, max_length: int, fixed_layer: int, fixed_length: int) -> tuple[int, int, torch.Tensor]:
+def plan(alpha: torch.Tensor, head: float, max_length: int, fixed_layer: int,
+         fixed_length: int) -> tuple[int, int, torch.Tensor]:
     """(exit layer, draft length, TPL table); (0, 0) = plain decoding wins this round.
     The full model (l = L) is a candidate only when asked for: it can never beat plain decoding."""
     layers = alpha.shape[0]
@@ -141,10 +142,14 @@ class EarlyExit(Strategy):
               step=0.05),
         Param("decay", "float", 0.9, 0.0, 0.999, help="Per-observation decay of the per-layer agreement.", step=0.01),
         Param("count_head", "bool", True, help="Count the LM head's cost in TPL (DEL's formula does not)."),
-        Param("lens_every", "int", 1, 1, 64,
-              help="Read every layer's shadow tokens every k rounds (1 = every round); in between only the "
-                   "drafting layer learns, from its own drafts.", step=1),
+        Param("lens_every", "int", 4, 1, 64,
+              help="Read every layer's shadow tokens every k rounds (1 = every round, as in DEL); in between only "
+                   "the drafting layer learns, from its own drafts. On a CPU the L - 1 extra LM-head rows cost "
+                   "about half a forward pass, hence 4 by default.", step=1),
     ) + sampling_params()
+
+    def check(self):
+        check_sampling(self.p)
 
     def decode(self, s):
         layers = s.model.config.num_hidden_layers
@@ -179,7 +184,8 @@ class EarlyExit(Strategy):
             if (yield from round_events(s, tree, logits, q_at, verdict, step, stats, warp,
                                         source=f"layer {layer}" if layer else "no draft (plain step)",
                                         title="Early-exit draft chain",
-                                        extra=lambda i: {"exit layer": float(layer), "draft length": float(len(drafts))})):
+                                        extra=lambda i: {"exit layer": float(layer),
+                                                         "draft length": float(len(drafts))})):
                 return
             root, step = s.output_ids[-1], step + 1
 

@@ -29,7 +29,7 @@ from transformers import DynamicCache
 from playground.events import TreeEvent, TreeNode, VerifyEvent
 
 from . import acceptance
-from .base import Param, Strategy
+from .base import InvalidParameter, Param, Strategy
 from .sampling import Sampling
 from .tree_attention import AcceptanceStats, DraftTree, keep_prefix, tokens_to_commit
 from .warpers import kept_count
@@ -50,6 +50,13 @@ def probabilities(logits: torch.Tensor, warp) -> torch.Tensor:
     """softmax(warp(logits)) in float64; untempered softmax in greedy mode (shown as p and q)."""
     logits = logits.double()
     return torch.softmax(warp(logits) if warp else logits, -1)
+
+
+def check_sampling(values: dict) -> None:
+    """Temperatures between 0 (greedy) and the sampling chain's lowest would fail mid-run; refuse them up front."""
+    low = next(p.low for p in Sampling.params if p.name == "temperature")
+    if 0 < values["temperature"] < low:
+        raise InvalidParameter(f"temperature must be 0 (greedy) or at least {low}, got {values['temperature']}")
 
 
 def sampling_params() -> tuple[Param, ...]:
@@ -102,9 +109,9 @@ def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor
     return Verdict(list(range(len(drafts) + 1)), int(acceptance.sample(p[-1:], generator)))
 
 
-def rejection_record(session, rejection: dict, top: int = REJECTION_TOP) -> dict:
+def rejection_record(session, rejection: dict, position: int, top: int = REJECTION_TOP) -> dict:
     """The VerifyEvent.rejection dict: p, q and the residual over the tokens that matter there
-    (the largest of p and q, and always the rejected draft token)."""
+    (the largest of p and q, and always the rejected draft token); position = draft depth - 1."""
     p, q, draft = rejection["p"], rejection["q"], rejection["draft"]
     residual = acceptance.residual(p, q)
     ids = torch.topk(torch.maximum(p, q), min(top, p.shape[-1])).indices.tolist()
@@ -112,7 +119,7 @@ def rejection_record(session, rejection: dict, top: int = REJECTION_TOP) -> dict
         ids[-1] = draft
     return {"token_ids": ids, "texts": [session.token_text(i) for i in ids],
             "p": [float(p[i]) for i in ids], "q": [float(q[i]) for i in ids],
-            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": rejection["node"]}
+            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": position}
 
 
 # --- one round as events -------------------------------------------------------------------------
@@ -133,10 +140,10 @@ def round_events(session, tree: DraftTree, target_logits: torch.Tensor, q_at: di
     count = tokens_to_commit(session, proposed)
     p = probabilities(target_logits, warp)
     yield tree_event(session, tree, p, q_at, verdict, count, step, title)
+    rejection = rejection_record(session, verdict.rejection, verdict.accepted) if verdict.rejection else None
     yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=verdict.accepted, emitted=count,
                       depth_accepted=[verdict.accepted >= d for d in range(1, tree.max_depth() + 1)],
-                      rejection=rejection_record(session, verdict.rejection) if verdict.rejection else None,
-                      source=source)
+                      rejection=rejection, source=source)
     for i, token in enumerate(proposed[:count]):
         node = verdict.path[i]                           # token i was predicted at node path[i]
         fields = {"extra": {"accepted draft": float(i < verdict.accepted), **(extra(i) if extra else {})}}
@@ -158,9 +165,10 @@ def tree_event(session, tree: DraftTree, p: torch.Tensor, q_at: dict[int, torch.
     nodes = [node(0, None, tree.tokens[0], 1.0, "accepted", "root")]
     for i in range(1, len(tree)):
         parent, token = tree.parents[i], tree.tokens[i]
-        q_x = float(q_at[parent][token]) if q_at and parent in q_at else float("nan")
-        nodes.append(node(i, parent, token, q_x, "accepted" if i in committed else "rejected",
-                          f"p={float(p[parent, token]):.2f} q={q_x:.2f}"))
+        p_x = float(p[parent, token])
+        q_x = float(q_at[parent][token]) if q_at and parent in q_at else None
+        nodes.append(node(i, parent, token, p_x if q_x is None else q_x, "accepted" if i in committed else "rejected",
+                          f"p={p_x:.2f}" + ("" if q_x is None else f" q={q_x:.2f}")))
     chosen = verdict.path[count - 1]
     if count == len(verdict.path):                       # the target's own token was committed
         last, token = verdict.path[-1], verdict.next_token
@@ -188,7 +196,15 @@ class SpeculativeSampling(Strategy):
     paper = "https://arxiv.org/abs/2211.17192"
     lossless = True
     needs_draft = True
-    params = (Param("gamma", "int", 4, 1, 16, help="Draft tokens proposed per round.", step=1),) + sampling_params()
+    params = (
+        Param("gamma", "int", 4, 1, 16, help="Draft tokens proposed per round (the most, when adaptive).", step=1),
+        Param("adaptive", "bool", True,
+              help="Adapt the draft length to acceptance (transformers' heuristic schedule): +2 after a fully "
+                   "accepted round, -1 after a rejection, between 1 and gamma."),
+    ) + sampling_params()
+
+    def check(self):
+        check_sampling(self.p)
 
     def decode(self, s):
         warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
@@ -197,10 +213,10 @@ class SpeculativeSampling(Strategy):
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
         draft_cache = DynamicCache(config=s.draft_model.config)
         root = prefill_all_but_last(s, cache)
-        stats, step = AcceptanceStats(), 0
+        stats, step, length = AcceptanceStats(), 0, self.p["gamma"]
         while True:
             context = s.prompt_ids + s.output_ids
-            gamma = min(self.p["gamma"], s.max_new_tokens - len(s.output_ids) - 1)
+            gamma = min(length, s.max_new_tokens - len(s.output_ids) - 1)
             drafts, q = self.draft(s, draft_cache, context, gamma, warp, draft_gen)
             target_logits = s.forward([root] + drafts, cache, last_only=False)[0][0]
             verdict = verify_chain(target_logits, drafts, q, warp, s.generator)
@@ -214,6 +230,8 @@ class SpeculativeSampling(Strategy):
                                         "Draft chain")):
                 return
             root, step = s.output_ids[-1], step + 1
+            if self.p["adaptive"]:                       # depends on past rounds only, so still exact
+                length = min(length + 2, self.p["gamma"]) if verdict.accepted == len(drafts) else max(1, length - 1)
 
     def draft(self, s, cache, context: list[int], gamma: int, warp, generator):
         """gamma draft tokens and the (gamma, V) distributions they came from (gamma draft passes)."""

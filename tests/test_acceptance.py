@@ -17,6 +17,15 @@ TOLERANCE = 0.005
 VOCAB = 8
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (and spins when the machine is busy)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 def pair(seed: int):
     """A target p and a draft q that disagree a lot (different random logits, q flatter)."""
     g = torch.Generator().manual_seed(seed)
@@ -105,6 +114,22 @@ def test_recursive_rejection_with_iid_candidates_is_caught():
     g = torch.Generator().manual_seed(9)
     _, token = acc.recursive_rejection(p, q, iid(q, (TRIALS, 3), g), g)
     assert tv(token, p) > 2 * TOLERANCE
+
+
+def test_recursive_rejection_without_the_draft_update_is_caught():
+    """Candidates without replacement but q left unchanged after a rejection: not lossless either."""
+    p, q = pair(0)
+    g = torch.Generator().manual_seed(9)
+    candidates = acc.gumbel_top_k(q.expand(TRIALS, VOCAB), 3, g)
+    p_k, done = p.expand(TRIALS, VOCAB), torch.zeros(TRIALS, dtype=torch.bool)
+    token = torch.zeros(TRIALS, dtype=torch.long)
+    for k in range(3):
+        x = candidates[:, k]
+        ok = ~done & (torch.rand(TRIALS, generator=g, dtype=torch.float64) * q[x] < p_k.gather(-1, x[:, None])[:, 0])
+        token, done = torch.where(ok, x, token), done | ok
+        p_k = acc.residual(p_k, q)
+    token = torch.where(done, token, acc.sample(p_k, g))
+    assert tv(token, p) > 5 * TOLERANCE
 
 
 def test_recursive_rejection_drafts_sum_to_one():
