@@ -109,9 +109,9 @@ def main(args) -> int:
     print(f"model {loaded.model_id} ({loaded.dtype}), {report['threads']} threads, {len(PROMPTS)} prompts x "
           f"{args.repeats}, up to {args.max_new_tokens} new tokens")
     print(f"transformers generate greedy: {base_tps:.2f} tok/s, ttft {report['generate_greedy']['ttft_s'] * 1000:.0f} ms")
-    print(f"{'method':<12}{'tok/s':>9}{'x generate':>12}{'ttft ms':>9}{'tok/pass':>10}  equals greedy")
+    print(f"{'method':<16}{'tok/s':>9}{'x generate':>12}{'ttft ms':>9}{'tok/pass':>10}  equals greedy")
     for r in rows:
-        print(f"{r['method']:<12}{r['tokens_per_s']:>9.2f}{r['ratio_to_generate']:>11.2f}x{r['ttft_s'] * 1000:>9.0f}"
+        print(f"{r['method']:<16}{r['tokens_per_s']:>9.2f}{r['ratio_to_generate']:>11.2f}x{r['ttft_s'] * 1000:>9.0f}"
               f"{r['tokens_per_forward']:>10.2f}  {'yes' if r['equals_greedy'] else 'no'}"
               f"{' (lossless)' if r['lossless'] else ''}")
     return 0

@@ -30,7 +30,7 @@ def cmd_strategies(args) -> int:
         print(json.dumps(schemas, indent=2))
         return 0
     for s in schemas:
-        print(f"{s['name']:<10} {s['title']}")
+        print(f"{s['name']:<16} {s['title']}")
         for p in s["params"]:
             rng = f" [{p['low']}, {p['high']}]" if p["low"] is not None else ""
             choices = f" {{{', '.join(p['choices'])}}}" if p["choices"] else ""

@@ -50,9 +50,8 @@ def top_h_keep(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: 
 
 def top_h_filter(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "released") -> torch.Tensor:
     kept, *_ = top_h_keep(logits, alpha, top_n, criterion)
-    order = torch.argsort(logits, descending=True, stable=True)   # the kept set is a prefix of this
     keep = torch.zeros_like(logits, dtype=torch.bool)
-    keep[order[:kept]] = True
+    keep[torch.topk(logits, kept).indices] = True                 # the kept set is a prefix of the sorted order
     return logits.masked_fill(~keep, warpers.NEG_INF)
 
 
