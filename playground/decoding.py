@@ -111,6 +111,11 @@ class DecodeSession:
         event.text = self._append_text(event.token_id)
         return event
 
+    def spawn_generator(self) -> torch.Generator:
+        """An independent generator seeded from this run's, so a draft's draws never shift the
+        target's acceptance draws (and a seeded run still repeats exactly)."""
+        return torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+
     def sample(self, logits: torch.Tensor) -> int:
         """Draw one token from softmax(logits) with this run's seeded generator."""
         probs = torch.softmax(logits.double(), -1)

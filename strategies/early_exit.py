@@ -156,7 +156,7 @@ class EarlyExit(Strategy):
         fixed_layer = min(self.p["exit_layer"], layers)
         head = head_in_layers(s.model) if self.p["count_head"] else 0.0
         warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
-        draft_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=s.generator)))
+        draft_gen = s.spawn_generator()
         agreement = LayerAgreement(layers, self.p["decay"])
         views: dict[int, torch.nn.Module] = {}
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root

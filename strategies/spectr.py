@@ -43,7 +43,7 @@ class SpecTr(Strategy):
 
     def decode(self, s):
         warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
-        draft_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=s.generator)))
+        draft_gen = s.spawn_generator()
         self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
         root = prefill_all_but_last(s, cache)
         draft_cache = prefill_draft(s)

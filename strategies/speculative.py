@@ -209,7 +209,7 @@ class SpeculativeSampling(Strategy):
     def decode(self, s):
         warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
         # The draft samples from its own stream, so its draws never shift the target's acceptance draws.
-        draft_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=s.generator)))
+        draft_gen = s.spawn_generator()
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
         draft_cache = DynamicCache(config=s.draft_model.config)
         root = prefill_all_but_last(s, cache)

@@ -66,6 +66,15 @@ def isolated_database(tmp_path_factory):
     settings.cache_clear()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: a second thread only adds synchronisation (and spins when the machine is busy)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def embedded():
     from playground.models import load_model

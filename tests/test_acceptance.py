@@ -18,13 +18,7 @@ VOCAB = 8
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (and spins when the machine is busy)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def pair(seed: int):
     """A target p and a draft q that disagree a lot (different random logits, q flatter)."""

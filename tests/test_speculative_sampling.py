@@ -23,13 +23,7 @@ PROMPTS = [[5, 17, 33], [1, 2, 3, 4, 5, 6, 7, 8], [90], [42, 42, 42, 7]]
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds synchronisation (and spins when the machine is busy)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def target():
