@@ -21,6 +21,7 @@ class Settings:
     default_dtype: str
     max_new_tokens_cap: int  # server-side clamp: API callers bypass slider bounds
     threads: int
+    forward: str             # "lean" (playground/lean_forward.py where the model allows) or "transformers"
     host: str
     port: int
     public_url: str          # base of share links (set it to the Space's URL when deployed)
@@ -36,6 +37,7 @@ class Settings:
             default_dtype=_env("PLAYGROUND_DTYPE", "float32"),
             max_new_tokens_cap=int(_env("PLAYGROUND_MAX_NEW_TOKENS_CAP", "512")),
             threads=int(_env("PLAYGROUND_THREADS", str(os.cpu_count() or 1))),
+            forward=_env("PLAYGROUND_FORWARD", "lean"),
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from . import lean_forward
+from .config import settings
 from .events import Alternative, TokenEvent
 
 TOP_ALTERNATIVES = 5
@@ -17,9 +19,11 @@ TOP_ALTERNATIVES = 5
 
 class DecodeSession:
     def __init__(self, model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
-                 eos_ids: set[int], seed: int, draft_model=None):
+                 eos_ids: set[int], seed: int, draft_model=None, lean: bool | None = None):
         self.model = model
         self.draft_model = draft_model
+        # The lean forward (lean_forward.py) is the same computation without transformers' per-call overhead.
+        self.lean = settings().forward == "lean" if lean is None else lean
         self.tokenizer = tokenizer
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
@@ -40,29 +44,29 @@ class DecodeSession:
 
     def forward(self, input_ids: torch.Tensor | list[int], cache=None, last_only: bool = True, **kwargs):
         """One counted target forward pass. Returns logits (rows, V) as float, and the model output."""
-        if not torch.is_tensor(input_ids):
-            input_ids = torch.tensor([input_ids], dtype=torch.long)
-        input_ids = input_ids.to(self.device)
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
         self.forward_passes += 1
-        with torch.inference_mode():
-            out = self.model(input_ids=input_ids, cache=cache, use_cache=cache is not None,
-                             logits_to_keep=1 if last_only else 0, **kwargs)
-        return out.logits[:, -1] if last_only else out.logits, out
+        return self._call(self.model, input_ids, cache, last_only, kwargs)
 
     def draft_forward(self, input_ids: torch.Tensor | list[int], cache=None, last_only: bool = True, **kwargs):
         """One counted forward pass of the draft model (same contract as `forward`)."""
         if self.draft_model is None:
             raise RuntimeError("this method needs a draft model")
+        self.draft_forward_passes += 1
+        return self._call(self.draft_model, input_ids, cache, last_only, kwargs)
+
+    def _call(self, model, input_ids, cache, last_only: bool, kwargs: dict):
         if not torch.is_tensor(input_ids):
             input_ids = torch.tensor([input_ids], dtype=torch.long)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        self.draft_forward_passes += 1
+        input_ids = input_ids.to(self.device)
+        logits_to_keep = 1 if last_only else 0
         with torch.inference_mode():
-            out = self.draft_model(input_ids=input_ids.to(self.device), cache=cache, use_cache=cache is not None,
-                                   logits_to_keep=1 if last_only else 0, **kwargs)
+            if self.lean and lean_forward.supports(model):
+                out = lean_forward.forward(model, input_ids, cache, logits_to_keep=logits_to_keep, **kwargs)
+            else:
+                out = model(input_ids=input_ids, cache=cache, use_cache=cache is not None,
+                            logits_to_keep=logits_to_keep, **kwargs)
         return out.logits[:, -1] if last_only else out.logits, out
 
     def prefill(self, cache) -> torch.Tensor:
