@@ -164,6 +164,10 @@ class MetricsEvent(Event):
     stop_reason: str              # eos | length | stopped | error
     method: dict[str, float] = field(default_factory=dict)
     draft_forward_passes: int = 0
+    decode_tokens_per_s: float | None = None      # after the first token (no prefill)
+    greedy_tokens_per_s: float | None = None      # plain greedy's decode rate, same model, this session
+    greedy_reference: str = ""                    # which greedy run measured it
+    speedup_vs_greedy: float | None = None        # decode_tokens_per_s / greedy_tokens_per_s
 
 
 @event_type("error")

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from strategies import REGISTRY, InvalidParameter, Strategy, UnknownStrategy
 
+from . import baseline
 from .config import settings
 from .decoding import DecodeSession
 from .events import ErrorEvent, Event, MetricsEvent, RunStarted, StatsEvent, TokenEvent
@@ -153,6 +154,7 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
         events.close()
     bytes_per_pass = loaded.n_bytes
     passes = session.forward_passes
+    decode_rate, greedy = compare_with_greedy(run, new_tokens, busy, first_token_s, stop_reason)
     yield MetricsEvent(
         new_tokens=new_tokens,
         elapsed_s=busy,
@@ -166,7 +168,25 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
         stop_reason=stop_reason,
         method=method,
         draft_forward_passes=session.draft_forward_passes,
+        decode_tokens_per_s=decode_rate,
+        greedy_tokens_per_s=greedy.tokens_per_s if greedy else None,
+        greedy_reference=greedy.how if greedy else "",
+        speedup_vs_greedy=decode_rate / greedy.tokens_per_s if greedy and decode_rate and greedy.tokens_per_s else None,
     )
+
+
+def compare_with_greedy(run: PreparedRun, new_tokens: int, busy: float, first_token_s: float | None,
+                        stop_reason: str) -> tuple[float | None, baseline.GreedySpeed | None]:
+    """This run's decode rate and plain greedy's for the same model in this session (a greedy run
+    becomes the reference; another method's finished run measures one if there is none yet)."""
+    rate = baseline.decode_rate(new_tokens, busy, first_token_s)
+    if rate is None or stop_reason == "error":
+        return rate, None
+    if run.strategy.name == "greedy":
+        baseline.record_greedy(run.loaded, new_tokens, busy, first_token_s)
+    if stop_reason == "stopped":        # the user wants control back: never start a measurement now
+        return rate, baseline.known_speed(run.loaded)
+    return rate, baseline.greedy_speed(run.loaded, run.prompt_ids)
 
 
 def generate(request: GenerationRequest, loaded: LoadedModel | None = None,

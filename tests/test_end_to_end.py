@@ -138,3 +138,17 @@ def test_metrics_are_measured(embedded):
     assert m.model_bytes == embedded.n_bytes and 100e6 < m.model_bytes < 1e9     # 135M params in fp32, tied
     assert m.bandwidth_gb_s == pytest.approx(m.model_bytes * m.forward_passes / m.elapsed_s / 1e9)
     assert m.machine_bandwidth_gb_s > 0
+    assert m.decode_tokens_per_s == pytest.approx(7 / (m.elapsed_s - m.time_to_first_token_s))
+    assert m.speedup_vs_greedy == pytest.approx(1.0) and "greedy run" in m.greedy_reference   # greedy is its own reference
+
+
+def test_speedup_vs_greedy_is_measured_against_greedy_in_this_session(embedded, monkeypatch):
+    from playground import baseline
+
+    monkeypatch.setattr(baseline, "_SPEEDS", {})                 # a fresh session: no greedy rate yet
+    m = generate(GenerationRequest("Count to five.", strategy="prompt_lookup", max_new_tokens=8), embedded)[-1]
+    assert "measured in this session" in m.greedy_reference and m.greedy_tokens_per_s > 0
+    assert m.speedup_vs_greedy == pytest.approx(m.decode_tokens_per_s / m.greedy_tokens_per_s)
+    greedy = generate(GenerationRequest("Count to five.", max_new_tokens=12), embedded)[-1]
+    m = generate(GenerationRequest("Count to five.", strategy="prompt_lookup", max_new_tokens=8), embedded)[-1]
+    assert m.greedy_tokens_per_s == greedy.decode_tokens_per_s and "last greedy run (12 tokens)" in m.greedy_reference
