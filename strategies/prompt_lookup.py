@@ -25,7 +25,7 @@ def lookup(ids: list[int], max_ngram: int, num_tokens: int) -> tuple[list[int], 
 class PromptLookup(Strategy):
     name = "prompt_lookup"
     title = "Prompt lookup decoding"
-    summary = "Drafts copied from earlier in the context after a matching n-gram; verified in one pass. Lossless."
+    summary = "Drafts copied from earlier in the context after a matching n-gram; verified in one pass."
     paper = "https://github.com/apoorvumang/prompt-lookup-decoding"
     lossless = True
     params = (

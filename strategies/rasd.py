@@ -71,7 +71,7 @@ class RASD(Strategy):
     name = "rasd"
     title = "RASD (retrieval + draft tree)"
     summary = ("Prompt-lookup retrieval fused with a draft-model tree by longest-prefix matching, "
-               "verified in one pass. Lossless (greedy).")
+               "verified in one pass.")
     paper = "https://arxiv.org/abs/2503.03434"
     lossless = True
     needs_draft = True

@@ -167,7 +167,7 @@ class TokenRecycling(Strategy):
     name = "token_recycling"
     title = "Token Recycling"
     summary = ("Recycles the model's own top-k predictions into a draft tree verified in one pass; "
-               "tree size tuned to this machine's measured forward cost. Lossless.")
+               "tree size tuned to this machine's measured forward cost.")
     paper = "https://arxiv.org/abs/2408.08696"
     lossless = True
     params = (

@@ -1,6 +1,8 @@
 """The UI in a real headless browser (Debian's chromium driven by Playwright): type, Generate, watch
 the text stream and the plots draw, find the run in History, reopen it by share link, Stop, and
-see HTML in a prompt shown as text."""
+see HTML in a prompt shown as text. Then the speculative methods as a new user meets them: pick the
+method, see its parameters (and only its), Generate, and read the draft tree, the acceptance plots
+and the metrics on the page."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import time
 import urllib.request
 
 import pytest
+from playwright.sync_api import expect
+
+from strategies import REGISTRY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = "/usr/bin/chromium"
@@ -26,12 +31,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(embedded, tmp_path_factory):
+def server_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("log") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(embedded, server_log, tmp_path_factory):
     port = free_port()
     db = tmp_path_factory.mktemp("ui") / "runs.sqlite3"
     env = {**os.environ, "PLAYGROUND_DB": str(db), "PLAYGROUND_PORT": str(port), "HF_HUB_OFFLINE": "1",
            "GRADIO_ANALYTICS_ENABLED": "False", "PLAYGROUND_MAX_NEW_TOKENS_CAP": "256"}
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w+")
+    log = open(server_log, "w+")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -154,3 +164,167 @@ def test_stop_button_stops_and_saves(server, page):
         "stopped" in page.locator("#metrics").inner_text()
     assert page.locator("#output .dp-tok").count() < 250
     page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+
+
+# --- speculative methods, clicked through as a new user would ---------------------------------
+
+SPEC_PROMPT = "Write a short poem about the sea."
+SPEC_TOKENS = 16
+
+
+def pick_method(page, name):
+    """Open the Method dropdown and click the method's title, as a user does."""
+    box = page.get_by_label("Method", exact=True)
+    box.click()
+    page.get_by_role("option", name=REGISTRY[name].title, exact=True).click()
+    expect(box).to_have_value(REGISTRY[name].title)
+
+
+def set_param(page, name, value):
+    """Type into a slider's number box (the visible one: only the chosen method's group is shown)."""
+    field = page.get_by_role("spinbutton", name=name).filter(visible=True)
+    expect(field).to_have_count(1)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def expect_only_params_of(page, name):
+    """The chosen method's parameter labels are on screen; every other method's are not. (The groups
+    have no elem_id, so this goes by the labels a user reads.)"""
+    own = [p.name for p in REGISTRY[name].params]
+    others = sorted({p.name for n, cls in REGISTRY.items() if n != name for p in cls.params} - set(own))
+    for param in own:
+        expect(page.get_by_text(param, exact=True).filter(visible=True),
+               f"{name}: parameter {param!r} not shown").to_have_count(1)
+    for param in others:
+        expect(page.get_by_text(param, exact=True).filter(visible=True),
+               f"{name}: another method's parameter {param!r} is shown").to_have_count(0)
+
+
+def metrics_table(page) -> dict[str, str]:
+    rows = page.locator("#metrics table tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))")
+    return {row[0]: row[1] for row in rows if len(row) == 2}
+
+
+def number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def shown_tokens(page) -> list[str]:
+    return page.locator("#output .dp-tok").evaluate_all("els => els.map(e => e.textContent)")
+
+
+def generate_and_wait(page, max_new):
+    set_max_tokens(page, max_new)
+    expect(page.get_by_role("spinbutton", name="max new tokens")).to_have_value(str(max_new))
+    page.click("#generate button, button#generate")
+    wait_finished(page)
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+
+
+def expect_panels(page, drawn, hidden):
+    for key in drawn:
+        expect(page.locator(f"#plot-{key} .js-plotly-plot"), f"panel {key} not drawn").to_be_visible()
+    for key in hidden:
+        expect(page.locator(f"#plot-{key}"), f"panel {key} should be hidden").to_be_hidden()
+
+
+def expect_speculation_metrics(page, name, new_tokens, draft):
+    m = metrics_table(page)
+    assert m["method"] == name
+    assert m["stopped by"] == "length", m
+    assert int(number(m["new tokens"])) == new_tokens
+    passes = int(number(m["target forward passes"]))       # the draft's passes are a row of their own
+    assert 1 <= passes <= new_tokens, m                       # every verification commits at least one token
+    assert number(m["tokens / target pass"]) == pytest.approx(new_tokens / passes, abs=1e-3)
+    speedup = float(m["speed-up vs greedy (decode)"].rstrip("x"))    # a measured ratio, so only its sanity
+    assert speedup == pytest.approx(number(m["decode tokens / s (after the first token)"])
+                                    / number(m["greedy decode tokens / s"]), rel=0.02)
+    assert 0 <= number(m["acceptance rate"]) <= 1
+    assert number(m["verification rounds"]) >= 1
+    if draft:
+        assert int(number(m["draft forward passes"])) > 0, m
+    else:
+        assert "draft forward passes" not in m
+    return m
+
+
+@pytest.fixture(scope="module")
+def greedy_tokens(embedded):
+    """What greedy decoding shows for SPEC_PROMPT, computed in-process (no browser), for the lossless checks."""
+    from playground.events import TokenEvent
+    from playground.runner import GenerationRequest, execute, prepare
+    from visualizers.text import visible
+
+    req = GenerationRequest(prompt=SPEC_PROMPT, strategy="greedy", max_new_tokens=SPEC_TOKENS, seed=0, chat=True)
+    events = execute(prepare(req, loaded=embedded))
+    return [visible(e.text) or "\u200b" for e in events if isinstance(e, TokenEvent)]
+
+
+@pytest.fixture
+def clean_server_log(server, server_log):
+    """Fails the test when the server logged a traceback while it ran."""
+    start = server_log.stat().st_size
+    yield
+    with open(server_log, errors="replace") as f:
+        f.seek(start)
+        new = f.read()
+    assert "Traceback" not in new, f"the server logged an exception:\n{new[-3000:]}"
+
+
+def test_each_method_shows_only_its_own_parameters(server, page, clean_server_log):
+    page.goto(server)
+    page.locator("#prompt textarea").wait_for(timeout=30_000)
+    expect_only_params_of(page, "greedy")
+    for name in ("token_recycling", "speculative", "spectr", "rsd", "dyspec", "early_exit", "greedy"):
+        pick_method(page, name)
+        expect_only_params_of(page, name)
+    pick_method(page, "speculative")
+    expect(page.get_by_label("Draft model (speculative methods)")).to_have_value("")   # default draft
+
+
+def test_token_recycling_draws_its_draft_tree_and_acceptance(server, page, greedy_tokens, clean_server_log):
+    page.goto(server)
+    set_prompt(page, SPEC_PROMPT)
+    pick_method(page, "token_recycling")
+    expect(page.get_by_role("spinbutton", name="max_nodes")).to_be_visible()
+    expect(page.get_by_text("gamma", exact=True)).to_have_count(0)
+    generate_and_wait(page, SPEC_TOKENS)
+
+    assert shown_tokens(page) == greedy_tokens                           # lossless: the greedy text
+    expect_panels(page, drawn=("entropy", "probability", "tree", "acceptance", "acceptance_depth"),
+                  hidden=("rejection", "layer_acceptance"))
+    expect(page.locator("#plot-tree .gtitle")).to_have_text("Token Recycling draft tree")
+    assert page.locator("#plot-tree .scatterlayer .point").count() >= 2  # root plus at least one draft node
+    expect_speculation_metrics(page, "token_recycling", SPEC_TOKENS, draft=False)
+    expect_only_params_of(page, "token_recycling")                       # still the same group after the run
+
+
+def test_speculative_with_the_default_draft_model(server, page, greedy_tokens, clean_server_log):
+    page.goto(server)
+    set_prompt(page, SPEC_PROMPT)
+    pick_method(page, "speculative")
+    set_param(page, "gamma", 1)                                          # default 4 (adaptive: the most per round)
+    generate_and_wait(page, SPEC_TOKENS)
+
+    assert shown_tokens(page) == greedy_tokens                           # temperature 0: equals greedy
+    expect_panels(page, drawn=("entropy", "probability", "tree", "method", "acceptance", "acceptance_depth"),
+                  hidden=("layer_acceptance",))
+    assert page.locator("#plot-tree .scatterlayer .point").count() >= 2
+    m = expect_speculation_metrics(page, "speculative", SPEC_TOKENS, draft=True)
+    assert number(m["draft tokens per round"]) <= 1                     # gamma from the page reached the method
+
+
+def test_rsd_with_sampling_shows_p_versus_q(server, page, clean_server_log):
+    page.goto(server)
+    set_prompt(page, SPEC_PROMPT)
+    pick_method(page, "rsd")
+    set_param(page, "temperature", 0.8)
+    expect(page.get_by_role("radio", name="3,2,1")).to_be_checked()     # the default tree shape
+    generate_and_wait(page, 12)
+
+    assert len(shown_tokens(page)) == 12
+    # at temperature 0 there is no p-vs-q panel; sampling draws it at the rejections
+    expect_panels(page, drawn=("tree", "acceptance", "acceptance_depth", "rejection"), hidden=("layer_acceptance",))
+    expect_speculation_metrics(page, "rsd", 12, draft=True)

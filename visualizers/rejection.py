@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 
 from playground.events import Event, LayerAcceptanceEvent, VerifyEvent
 
-from .text import esc, visible
+from .text import plot_text, visible
 
 LAYOUT = dict(height=320, margin=dict(l=50, r=50, t=50, b=60), legend=dict(orientation="h", y=-0.25))
 
@@ -27,7 +27,7 @@ def rejection_figure(events: list[Event]) -> go.Figure | None:
     if verify is None:
         return None
     r = verify.rejection
-    labels = [f"{esc(repr(visible(t)))} #{i}" for t, i in zip(r["texts"], r["token_ids"])]
+    labels = [f"{plot_text(repr(visible(t)))} #{i}" for t, i in zip(r["texts"], r["token_ids"])]
     draft = r.get("draft_token")
     fig = go.Figure()
     fig.add_trace(go.Bar(x=labels, y=r["residual"], name="residual norm(max(0, p - q))", width=0.9,

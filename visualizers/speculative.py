@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 
 from playground.events import Event, VerifyEvent
 
-from .text import esc
+from .text import plot_text
 
 LAYOUT = dict(height=300, margin=dict(l=50, r=60, t=40, b=40), legend=dict(orientation="h", y=-0.25))
 
@@ -34,7 +34,7 @@ def acceptance_figure(events: list[Event]) -> go.Figure | None:
         rate.append(accepted / drafted if drafted else 0.0)
         mean.append(emitted / i)
     hover = [f"round {i}<br>drafted {r.drafted}, accepted {r.accepted}, committed {r.emitted}"
-             + (f"<br>{esc(r.source)}" if r.source else "") for i, r in zip(steps, rounds)]
+             + (f"<br>{plot_text(r.source)}" if r.source else "") for i, r in zip(steps, rounds)]
     fig = go.Figure()
     fig.add_trace(go.Bar(x=steps, y=[r.accepted for r in rounds], name="accepted draft tokens", text=hover,
                          hovertemplate="%{text}<extra></extra>", textposition="none", marker_color="#2ca02c"))

@@ -28,7 +28,14 @@ def visible(text: str) -> str:
 
 
 def esc(text: str) -> str:
+    """For HTML we write (attributes included)."""
     return html.escape(text, quote=True)
+
+
+def plot_text(text: str) -> str:
+    """For Plotly labels and hover text: Plotly reads a small HTML subset, so <, > and & must be
+    escaped, but it shows &quot; literally, so quotes stay as they are."""
+    return html.escape(text, quote=False)
 
 
 def probability_colour(prob: float) -> str:

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from playground.events import Event, TokenEvent
 
-from .text import esc, visible
+from .text import plot_text, visible
 
 LAYOUT = dict(height=280, margin=dict(l=50, r=50, t=40, b=40), legend=dict(orientation="h", y=-0.25))
 
@@ -19,7 +19,7 @@ def _tokens(events: list[Event]) -> list[TokenEvent]:
 
 
 def _hover(tokens: list[TokenEvent]) -> list[str]:
-    return [esc(repr(visible(t.text))) for t in tokens]
+    return [plot_text(repr(visible(t.text))) for t in tokens]
 
 
 def entropy_figure(events: list[Event]) -> go.Figure | None:
@@ -60,6 +60,6 @@ def method_trace_figure(events: list[Event]) -> go.Figure | None:
     fig = go.Figure()
     for key in dict.fromkeys(k for t in tokens for k in t.extra):
         pts = [(t.index, t.extra[key]) for t in tokens if key in t.extra]
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=esc(key)))
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=plot_text(key)))
     fig.update_layout(title="Method trace", xaxis_title="step", **LAYOUT)
     return fig

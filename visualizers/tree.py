@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from playground.events import Event, TreeEvent, TreeNode
 
-from .text import esc, visible
+from .text import plot_text, visible
 
 STATUS_COLOURS = {
     "kept": "#1f77b4", "open": "#1f77b4", "pruned": "#c7c7c7", "finished": "#ff7f0e", "chosen": "#2ca02c",
@@ -83,17 +83,17 @@ def tree_figure(events: list[Event]) -> go.Figure | None:
         group = [n for n in shown if ("chosen" if n.id in on_path else n.status) == status]
         fig.add_trace(go.Scatter(
             x=[pos[n.id][0] for n in group], y=[pos[n.id][1] for n in group], mode="markers+text", name=status,
-            text=[esc(visible(n.text))[:12] for n in group], textposition="middle right",
+            text=[plot_text(visible(n.text)[:12]) for n in group], textposition="middle right",
             marker=dict(size=10, color=STATUS_COLOURS.get(status, "#7f7f7f"), line=dict(width=1, color="#333")),
-            customdata=[[esc(repr(visible(n.text))), n.score, n.logprob if n.logprob is not None else float("nan"),
-                         esc(n.label)] for n in group],
+            customdata=[[plot_text(repr(visible(n.text))), n.score, n.logprob if n.logprob is not None else float("nan"),
+                         plot_text(n.label)] for n in group],
             hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.3f}<br>logprob %{customdata[2]:.3f}"
                           "<br>%{customdata[3]}<extra></extra>",
         ))
     fig.add_trace(go.Scatter(x=[pos[-1][0]], y=[pos[-1][1]], mode="markers+text", text=["prompt"],
                              textposition="middle left", marker=dict(size=12, color="#333"), name="prompt",
                              hoverinfo="skip"))
-    fig.update_layout(title=esc(title or "Tree"), height=max(300, min(900, 18 * len(pos) ** 0.8)),
+    fig.update_layout(title=plot_text(title or "Tree"), height=max(300, min(900, 18 * len(pos) ** 0.8)),
                       margin=dict(l=40, r=40, t=40, b=30), xaxis=dict(title="depth", dtick=1),
                       yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.1))
     return fig
