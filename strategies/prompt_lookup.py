@@ -4,11 +4,23 @@ Find the most recent n-gram (n = max_ngram down to 1) earlier in prompt + output
 tokens that followed its first occurrence, and verify them in one target pass. Same lookup rules
 as transformers' PromptLookupCandidateGenerator (first match left to right, drafts cut at EOS), so
 the output equals `generate(prompt_lookup_num_tokens=k)`, which equals plain greedy.
+
+Draft length (our addition; `draft_length=fixed` is transformers' behaviour): a copied draft is
+only worth verifying while its expected accepted tokens pay for the bigger pass. Each round
+proposes the k of the match's tokens that maximises (1 + expected accepted) / cost(k + 1), with
+the acceptance per draft position counted over this run's rounds and the pass cost measured on
+this machine (cost_model.py). On a CPU where an 11-token pass costs 2x a 1-token one, a
+match in free text is usually cut to 1-3 tokens, and a long copy of the prompt is taken whole.
 """
 
 from __future__ import annotations
 
+import time
+
+from playground.events import StatsEvent
+
 from .base import Param, Strategy
+from .cost_model import best_size, cost_model_for
 from .tree_attention import AcceptanceStats, DraftTree, greedy_round, verify_tree
 
 
@@ -22,6 +34,24 @@ def lookup(ids: list[int], max_ngram: int, num_tokens: int) -> tuple[list[int], 
     return [], -1
 
 
+class CopyRate:
+    """P(a copied token is accepted | the ones before it were), one number for every position
+    (a per-position table never learns about positions it stops proposing), as a moving average
+    over recent tokens: copying comes in runs (a quoted sentence, a code block), so the recent
+    rounds say more than the run's whole history."""
+
+    def __init__(self, prior: float = 0.5, rate: float = 0.35):
+        self.value, self.rate = prior, rate
+
+    def record(self, proposed: int, accepted: int) -> None:
+        for i in range(min(accepted + 1, proposed)):          # position `accepted` was the first rejected
+            self.value += self.rate * ((i < accepted) - self.value)
+
+    def gains(self, most: int) -> list[float]:
+        """gains[k]: expected accepted tokens when k are proposed (k = 0..most)."""
+        return [sum(self.value ** i for i in range(1, k + 1)) for k in range(most + 1)]
+
+
 class PromptLookup(Strategy):
     name = "prompt_lookup"
     title = "Prompt lookup decoding"
@@ -30,7 +60,10 @@ class PromptLookup(Strategy):
     lossless = True
     params = (
         Param("max_ngram", "int", 2, 1, 8, help="Longest trailing n-gram searched for in the context.", step=1),
-        Param("num_tokens", "int", 10, 1, 32, help="Draft tokens copied after a match.", step=1),
+        Param("num_tokens", "int", 10, 1, 32, help="Most draft tokens copied after a match.", step=1),
+        Param("draft_length", "choice", "measured", choices=("measured", "fixed"),
+              help="measured: propose as many of the copied tokens as pay for their pass (measured cost "
+                   "and acceptance); fixed: always all of them, as transformers does."),
     )
 
     def decode(self, s):
@@ -41,15 +74,26 @@ class PromptLookup(Strategy):
         if s.is_eos(root) or not s.room():
             return
         stats, step = AcceptanceStats(), 0
+        costs, rate = cost_model_for(s.model), CopyRate()
+        measured = self.p["draft_length"] == "measured"
         while root is not None:
             draft, source = lookup(s.prompt_ids + s.output_ids, self.p["max_ngram"], self.p["num_tokens"])
             draft = draft[:next((i for i, t in enumerate(draft) if s.is_eos(t)), len(draft))]
+            copied = len(draft)
+            if measured and draft:
+                draft = draft[:best_size(rate.gains(len(draft)), costs, list(range(len(draft) + 1)))]
             tree = DraftTree.rooted(root)
             for token in draft:                               # a chain: each token under the previous
                 tree.add(len(tree) - 1, token)
             past_len = cache.get_seq_length()
+            start = time.perf_counter()
             logits = verify_tree(s, tree, cache)
-            where = f"copied from context position {source}" if draft else "no n-gram match"
-            _, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
-                                              source=f"prompt lookup ({where})", title="Prompt lookup draft")
+            costs.record(len(tree), time.perf_counter() - start)
+            where = f"copied from context position {source}" if copied else "no n-gram match"
+            path, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
+                                                 source=f"prompt lookup ({where})", title="Prompt lookup draft")
+            if draft:
+                rate.record(len(draft), len(path) - 1)
+            yield StatsEvent({"copied tokens": copied, "proposed tokens": len(draft),
+                              "copy acceptance (recent)": rate.value})
             step += 1

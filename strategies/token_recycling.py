@@ -23,54 +23,11 @@ import torch
 from playground.events import StatsEvent
 
 from .base import Param, Strategy
+from .cost_model import CostModel, best_size, cost_model_for
 from .tree_attention import AcceptanceStats, DraftTree, greedy_accept, greedy_round, verify_tree
 
 BUDGETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round (0: a plain greedy step)
 MAX_DEPTH = 8
-
-
-class CostModel:
-    """Seconds per verification pass as a function of the number of tokens fed, measured here."""
-
-    WINDOW = 7
-
-    def __init__(self):
-        self.seconds: dict[int, float] = {}          # the median of the recent passes of each size
-        self.recent: dict[int, list[float]] = {}
-        self.tried: set[int] = set()
-
-    def record(self, n_tokens: int, seconds: float) -> None:
-        # A median of the last few follows drift but ignores one-off stalls (another process, a GC pause).
-        recent = self.recent.setdefault(n_tokens, [])
-        recent.append(seconds)
-        del recent[:-self.WINDOW]
-        self.seconds[n_tokens] = sorted(recent)[len(recent) // 2]
-
-    def untried(self, sizes) -> list[int]:
-        return [n for n in sizes if n not in self.tried]
-
-    def cost(self, n_tokens: int) -> float:
-        """Piecewise-linear through the measured sizes, made non-decreasing (a bigger pass never
-        costs less; noise can say so); extrapolated flat-then-linear beyond the ends."""
-        sizes = sorted(self.seconds)
-        times = []
-        for m in sizes:
-            times.append(max([self.seconds[m]] + times[-1:]))
-        if n_tokens <= sizes[0]:
-            return times[0]
-        for (a, ta), (b, tb) in zip(zip(sizes, times), zip(sizes[1:], times[1:])):
-            if n_tokens <= b:
-                return ta + (tb - ta) * (n_tokens - a) / (b - a)
-        slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else 0.0
-        return times[-1] + slope * (n_tokens - sizes[-1])
-
-
-# One cost model per (model, thread count), shared by every run in this process.
-_COSTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, CostModel]]" = weakref.WeakKeyDictionary()
-
-
-def cost_model_for(model) -> CostModel:
-    return _COSTS.setdefault(model, {}).setdefault(torch.get_num_threads(), CostModel())
 
 
 # The "shared" matrix mode: one hot M (and its rank statistics) per model and k, as in the paper.
@@ -127,12 +84,8 @@ def best_first_template(rates: list[float], max_nodes: int) -> tuple[list[tuple[
 def choose_budget(values: list[float], costs: CostModel, limit: int) -> int:
     """Draft nodes per round: try each size once, then maximise expected tokens per second."""
     budgets = [b for b in BUDGETS if b <= limit] or [limit]
-    todo = costs.untried([b + 1 for b in budgets])
-    if todo:
-        costs.tried.add(todo[0])
-        return todo[0] - 1
     expected = [0.0] + torch.tensor(values, dtype=torch.float64).cumsum(0).tolist()   # expected[b]: b nodes
-    return max(budgets, key=lambda b: (1 + expected[min(b, len(expected) - 1)]) / costs.cost(b + 1))
+    return best_size(expected, costs, budgets)
 
 
 def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]]) -> DraftTree:

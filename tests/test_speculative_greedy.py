@@ -18,7 +18,7 @@ MAX_NEW = 30
 SPEC_PROMPTS = PROMPTS + [[17, 12, 79], [11]]   # the last two give Token Recycling multi-token rounds of new tokens
 # Token Recycling sizes its tree from forward times measured on this machine; tests that need
 # multi-token rounds fix the size so what they exercise does not depend on the machine's speed.
-FIXED = {"token_recycling": {"adaptive": False, "max_nodes": 12}}
+FIXED = {"token_recycling": {"adaptive": False, "max_nodes": 12}, "prompt_lookup": {"draft_length": "fixed"}}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,8 @@ def test_equals_greedy_and_generate(tiny_model, tiny_tokenizer, draft_model, nam
             assert len(trees) == len(emitted) and all(t.reset for t in trees)
         if name == "token_recycling":                              # and with the tree sized from measured cost
             assert run(tiny_model, tiny_tokenizer, name, prompt, adaptive=True, max_nodes=64)[0] == expected
+        if name == "prompt_lookup":                                # and with the draft cut by measured cost
+            assert run(tiny_model, tiny_tokenizer, name, prompt, draft_length="measured")[0] == expected
 
 
 def test_perfect_draft_is_accepted_every_round(tiny_model, tiny_tokenizer):
@@ -218,6 +220,26 @@ def test_token_recycling_budget_follows_measured_cost():
         costs.seconds[n] = 1.0 + 0.001 * (n - 1)                           # nearly free: grow the tree
     flat = choose_budget(values, costs, 64)
     assert steep < flat and flat == 64
+
+
+def test_prompt_lookup_length_follows_copy_rate_and_cost():
+    from strategies.cost_model import CostModel, best_size
+    from strategies.prompt_lookup import CopyRate
+
+    costs = CostModel()
+    for n in range(1, 12):
+        costs.record(n, 1.0 + 0.1 * (n - 1))                               # each extra token: +10 % of a pass
+    copying, free_text = CopyRate(), CopyRate()
+    for _ in range(8):
+        copying.record(10, 10)                                             # every copied token accepted
+        free_text.record(10, 0)                                            # the first one already rejected
+    assert copying.value > 0.9 and free_text.value < 0.1
+    assert free_text.gains(3)[1] == pytest.approx(free_text.value)
+    sizes = list(range(11))
+    assert best_size(copying.gains(10), costs, sizes) == 10
+    assert best_size(free_text.gains(10), costs, sizes) == 0
+    assert best_size(CopyRate().gains(10), costs, sizes) in (2, 3)       # the prior: a short, cheap draft
+    assert CopyRate().gains(2) == [0.0, 0.5, 0.75]
 
 
 def test_rasd_fusion_shares_prefixes():

@@ -1,0 +1,69 @@
+"""What a verification pass costs on this machine, measured: the denominator of every
+"how big a draft" decision (Token Recycling's tree size, prompt lookup's draft length).
+
+A pass over n tokens is not n times a one-token pass: on a 2-core CPU a 3-token pass costs
+about 1.1x a 1-token one and an 11-token pass about 2x (MKL switches kernels at 4 rows), and
+the curve differs on every machine, so it is measured, per model and thread count, by the
+passes the methods run anyway, and shared by every run in the process.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+
+class CostModel:
+    """Seconds per verification pass as a function of the number of tokens fed, measured here."""
+
+    WINDOW = 7
+
+    def __init__(self):
+        self.seconds: dict[int, float] = {}          # the median of the recent passes of each size
+        self.recent: dict[int, list[float]] = {}
+        self.tried: set[int] = set()
+
+    def record(self, n_tokens: int, seconds: float) -> None:
+        # A median of the last few follows drift but ignores one-off stalls (another process, a GC pause).
+        recent = self.recent.setdefault(n_tokens, [])
+        recent.append(seconds)
+        del recent[:-self.WINDOW]
+        self.seconds[n_tokens] = sorted(recent)[len(recent) // 2]
+
+    def untried(self, sizes) -> list[int]:
+        return [n for n in sizes if n not in self.tried and n not in self.seconds]
+
+    def cost(self, n_tokens: int) -> float:
+        """Piecewise-linear through the measured sizes, made non-decreasing (a bigger pass never
+        costs less; noise can say so); extrapolated flat-then-linear beyond the ends."""
+        sizes = sorted(self.seconds)
+        times = []
+        for m in sizes:
+            times.append(max([self.seconds[m]] + times[-1:]))
+        if n_tokens <= sizes[0]:
+            return times[0]
+        for (a, ta), (b, tb) in zip(zip(sizes, times), zip(sizes[1:], times[1:])):
+            if n_tokens <= b:
+                return ta + (tb - ta) * (n_tokens - a) / (b - a)
+        slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else 0.0
+        return times[-1] + slope * (n_tokens - sizes[-1])
+
+
+# One cost model per (model, thread count), shared by every run in this process.
+_COSTS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, CostModel]]" = weakref.WeakKeyDictionary()
+
+
+def cost_model_for(model) -> CostModel:
+    return _COSTS.setdefault(model, {}).setdefault(torch.get_num_threads(), CostModel())
+
+
+def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
+    """The draft size k in `sizes` with the most expected tokens per second, (1 + gains[k]) /
+    cost(k + 1), where gains[k] is the expected number of accepted drafts when k are proposed.
+    A size whose pass was never timed is tried once first (it is then measured, not guessed)."""
+    todo = costs.untried([k + 1 for k in sizes])
+    if todo:
+        costs.tried.add(todo[0])
+        return todo[0] - 1
+    return max(sizes, key=lambda k: (1 + gains[min(k, len(gains) - 1)]) / costs.cost(k + 1))
