@@ -20,12 +20,31 @@ from .events import MetricsEvent, TokenEvent
 from .models import load_model
 from .runner import GenerationRequest, execute, prepare
 
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a short story about a robot who learns to paint.",
-    "Explain in three sentences why the sky is blue.",
-    "List five fruits and one fact about each.",
-]
+# Two kinds of work: open-ended answers (nothing to copy: drafts must predict the model), and
+# grounded edits of a given text, where the answer repeats the input (the case prompt lookup
+# and retrieval drafts were made for). Each set gets its own table and its own generate baseline.
+PROMPT_SETS = {
+    "open-ended": [
+        "What is the capital of France?",
+        "Write a short story about a robot who learns to paint.",
+        "Explain in three sentences why the sky is blue.",
+        "List five fruits and one fact about each.",
+    ],
+    "grounded": [
+        "Correct the spelling in this paragraph and write it out in full:\n\nThe old lighthouse stood on the edge "
+        "of the cliff for more then a hundred years. Every night its lamp turnd slowly, sending a beam of light "
+        "acros the dark water so that ships could find there way home.",
+        "Add a docstring to each function and return the whole code:\n\n```python\ndef area(width, height):\n"
+        "    return width * height\n\n\ndef perimeter(width, height):\n    return 2 * (width + height)\n\n\n"
+        "def is_square(width, height):\n    return width == height\n```",
+        "Rewrite this text in the past tense:\n\nMaria walks to the market every morning. She buys fresh bread "
+        "and a bag of oranges. On the way home she stops at the park, sits on a bench and watches the ducks on "
+        "the pond.",
+        "Convert this list to a numbered list:\n\n- apples\n- bananas\n- cherries\n- dates\n- elderberries\n"
+        "- figs\n- grapes",
+    ],
+}
+PROMPTS = PROMPT_SETS["open-ended"]
 
 
 def hf_generate(loaded, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], float, float]:
@@ -60,7 +79,15 @@ def run_method(loaded, name: str, prompt: str, max_new_tokens: int):
     events = list(execute(prepared))
     metrics = events[-1]
     assert isinstance(metrics, MetricsEvent)
-    return [e.token_id for e in events if isinstance(e, TokenEvent)], metrics, prepared.prompt_ids
+    return [e for e in events if isinstance(e, TokenEvent)], metrics, prepared.prompt_ids
+
+
+def top2_logit_gap(token: TokenEvent) -> float:
+    """log p1 - log p2 at a step (= the logit gap): how close a near-tie a divergence happened at."""
+    import math
+
+    first, second = token.alternatives[0].prob, token.alternatives[1].prob
+    return math.log(first) - math.log(second) if second > 0 else float("inf")
 
 
 def main(args) -> int:
@@ -70,21 +97,44 @@ def main(args) -> int:
     if unknown:
         print(f"error: unknown method {unknown[0]!r}; available: {', '.join(REGISTRY)}", file=sys.stderr)
         return 2
+    methods = ["greedy"] + [m for m in methods if m != "greedy"]     # the "x greedy" column's reference
     # warm-up: first calls pay for allocation and kernel selection
     run_method(loaded, "greedy", PROMPTS[0], 8)
+    sets = list(PROMPT_SETS) if args.prompts == "all" else [args.prompts]
+    report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
+              "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+              "sets": {name: bench_set(loaded, methods, PROMPT_SETS[name], args) for name in sets}}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"model {loaded.model_id} ({loaded.dtype}), {report['threads']} threads, up to {args.max_new_tokens} "
+          f"new tokens, {args.repeats} repeat(s)")
+    for name, result in report["sets"].items():
+        print_table(name, result)
+    return 0
+
+
+def bench_set(loaded, methods: list[str], prompts: list[str], args) -> dict:
+    """Every method and generate greedy on each prompt, interleaved so machine noise hits all alike."""
     totals = {m: {"tokens": 0, "seconds": 0.0, "ttft": [], "passes": 0, "equal_greedy": True} for m in methods}
     base = {"tokens": 0, "seconds": 0.0, "ttft": []}
+    divergences = []
     for _ in range(args.repeats):
-        for prompt in PROMPTS:
+        for number, prompt in enumerate(prompts):
             greedy_ids = None
             for name in methods:
-                ids, m, prompt_ids = run_method(loaded, name, prompt, args.max_new_tokens)
-                if greedy_ids is None:
+                tokens, m, prompt_ids = run_method(loaded, name, prompt, args.max_new_tokens)
+                ids = [t.token_id for t in tokens]
+                if greedy_ids is None:                       # methods[0] is our greedy: the reference path
                     ref, seconds, ttft = hf_generate(loaded, prompt_ids, args.max_new_tokens)
                     base["tokens"] += len(ref)
                     base["seconds"] += seconds
                     base["ttft"].append(ttft)
-                    greedy_ids = ref
+                    greedy_ids, greedy_tokens = ref, tokens
+                if ids != greedy_ids and REGISTRY[name].lossless and m.stop_reason != "error":
+                    at = next((i for i, (a, b) in enumerate(zip(ids, greedy_ids)) if a != b), min(len(ids), len(ref)))
+                    gap = top2_logit_gap(greedy_tokens[at]) if at < len(greedy_tokens) else None
+                    divergences.append({"method": name, "prompt": number, "token": at, "top2_logit_gap": gap})
                 t = totals[name]
                 t["tokens"] += m.new_tokens
                 t["seconds"] += m.elapsed_s
@@ -92,26 +142,29 @@ def main(args) -> int:
                 t["passes"] += m.forward_passes
                 t["equal_greedy"] &= ids == greedy_ids
     base_tps = base["tokens"] / base["seconds"]
+    rates = {name: t["tokens"] / t["seconds"] if t["seconds"] else 0.0 for name, t in totals.items()}
     rows = []
     for name in methods:
         t = totals[name]
-        tps = t["tokens"] / t["seconds"] if t["seconds"] else 0.0
-        rows.append({"method": name, "tokens_per_s": tps, "ratio_to_generate": tps / base_tps,
+        rows.append({"method": name, "tokens_per_s": rates[name], "ratio_to_generate": rates[name] / base_tps,
+                     "ratio_to_greedy": rates[name] / rates["greedy"] if rates.get("greedy") else None,
                      "ttft_s": sum(t["ttft"]) / len(t["ttft"]), "tokens_per_forward": t["tokens"] / max(t["passes"], 1),
                      "equals_greedy": t["equal_greedy"], "lossless": REGISTRY[name].lossless})
-    report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
-              "max_new_tokens": args.max_new_tokens, "prompts": len(PROMPTS), "repeats": args.repeats,
-              "generate_greedy": {"tokens_per_s": base_tps, "ttft_s": sum(base["ttft"]) / len(base["ttft"])},
-              "methods": rows}
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 0
-    print(f"model {loaded.model_id} ({loaded.dtype}), {report['threads']} threads, {len(PROMPTS)} prompts x "
-          f"{args.repeats}, up to {args.max_new_tokens} new tokens")
-    print(f"transformers generate greedy: {base_tps:.2f} tok/s, ttft {report['generate_greedy']['ttft_s'] * 1000:.0f} ms")
-    print(f"{'method':<16}{'tok/s':>9}{'x generate':>12}{'ttft ms':>9}{'tok/pass':>10}  equals greedy")
-    for r in rows:
-        print(f"{r['method']:<16}{r['tokens_per_s']:>9.2f}{r['ratio_to_generate']:>11.2f}x{r['ttft_s'] * 1000:>9.0f}"
-              f"{r['tokens_per_forward']:>10.2f}  {'yes' if r['equals_greedy'] else 'no'}"
+    return {"prompts": len(prompts), "divergences": divergences,
+            "generate_greedy": {"tokens_per_s": base_tps, "ttft_s": sum(base["ttft"]) / len(base["ttft"])},
+            "methods": rows}
+
+
+def print_table(name: str, result: dict) -> None:
+    base = result["generate_greedy"]
+    print(f"\n[{name}: {result['prompts']} prompts] transformers generate greedy: {base['tokens_per_s']:.2f} tok/s, "
+          f"ttft {base['ttft_s'] * 1000:.0f} ms")
+    print(f"{'method':<16}{'tok/s':>9}{'x generate':>12}{'x greedy':>10}{'ttft ms':>9}{'tok/pass':>10}  equals greedy")
+    for r in result["methods"]:
+        vs_greedy = f"{r['ratio_to_greedy']:>9.2f}x" if r["ratio_to_greedy"] is not None else f"{'-':>10}"
+        print(f"{r['method']:<16}{r['tokens_per_s']:>9.2f}{r['ratio_to_generate']:>11.2f}x{vs_greedy}"
+              f"{r['ttft_s'] * 1000:>9.0f}{r['tokens_per_forward']:>10.2f}  {'yes' if r['equals_greedy'] else 'no'}"
               f"{' (lossless)' if r['lossless'] else ''}")
-    return 0
+    for d in result["divergences"]:
+        gap = f"{d['top2_logit_gap']:.2e}" if d["top2_logit_gap"] is not None else "-"
+        print(f"  {d['method']} left greedy on prompt {d['prompt']} at token {d['token']}: top-2 logit gap there {gap}")

@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--methods", default=None, help="comma-separated subset of methods")
+    p.add_argument("--methods", default=None, help="comma-separated subset of methods (greedy always runs)")
+    p.add_argument("--prompts", default="all", choices=["all", "open-ended", "grounded"],
+                   help="prompt set: open-ended answers, grounded edits of a given text, or both")
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.set_defaults(func=cmd_bench)

@@ -152,3 +152,19 @@ def test_speedup_vs_greedy_is_measured_against_greedy_in_this_session(embedded, 
     greedy = generate(GenerationRequest("Count to five.", max_new_tokens=12), embedded)[-1]
     m = generate(GenerationRequest("Count to five.", strategy="prompt_lookup", max_new_tokens=8), embedded)[-1]
     assert m.greedy_tokens_per_s == greedy.decode_tokens_per_s and "last greedy run (12 tokens)" in m.greedy_reference
+
+
+def test_bench_reports_methods_against_generate_and_greedy(embedded, capsys):
+    import json
+
+    from playground.cli import main
+
+    assert main(["bench", "--methods", "prompt_lookup", "--max-new-tokens", "6", "--prompts", "grounded",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["sets"]["grounded"]
+    rows = {r["method"]: r for r in result["methods"]}
+    assert list(rows) == ["greedy", "prompt_lookup"]                  # greedy always runs: it is the reference
+    assert rows["greedy"]["ratio_to_greedy"] == 1.0 and result["generate_greedy"]["tokens_per_s"] > 0
+    assert all(r["equals_greedy"] for r in rows.values())             # compared with generate's own tokens
+    assert rows["prompt_lookup"]["ratio_to_generate"] == pytest.approx(
+        rows["prompt_lookup"]["tokens_per_s"] / result["generate_greedy"]["tokens_per_s"])
