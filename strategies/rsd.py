@@ -84,7 +84,7 @@ class RecursiveSpeculative(Strategy):
         widths = [int(b) for b in self.p["branching"].split(",")]
         self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
         root = prefill_all_but_last(s, cache)
-        draft_cache = prefill_draft(s)
+        self.draft_cache = draft_cache = prefill_draft(s)          # exposed for tests
         stats, step = AcceptanceStats(), 0
         while True:
             context = s.prompt_ids + s.output_ids

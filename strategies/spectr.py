@@ -46,7 +46,7 @@ class SpecTr(Strategy):
         draft_gen = s.spawn_generator()
         self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
         root = prefill_all_but_last(s, cache)
-        draft_cache = prefill_draft(s)
+        self.draft_cache = draft_cache = prefill_draft(s)          # exposed for tests
         stats, step = AcceptanceStats(), 0
         while True:
             context = s.prompt_ids + s.output_ids

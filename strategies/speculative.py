@@ -211,7 +211,7 @@ class SpeculativeSampling(Strategy):
         # The draft samples from its own stream, so its draws never shift the target's acceptance draws.
         draft_gen = s.spawn_generator()
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
-        draft_cache = DynamicCache(config=s.draft_model.config)
+        self.draft_cache = draft_cache = DynamicCache(config=s.draft_model.config)   # exposed for tests
         root = prefill_all_but_last(s, cache)
         stats, step, length = AcceptanceStats(), 0, self.p["gamma"]
         while True:

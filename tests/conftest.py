@@ -43,6 +43,25 @@ def build_tiny_llama(seed: int = 0, vocab: int = 96, layers: int = 2, init: floa
     return model
 
 
+def assert_cache_holds(cache, model, committed: list[int], atol: float = 1e-10) -> int:
+    """The cache holds the rows of a prefix of the committed tokens, exactly as a fresh run over
+    that prefix computes them (a rolled-back draft must not keep a rejected token's rows).
+    Returns the prefix length."""
+    from transformers import DynamicCache
+
+    length = cache.get_seq_length()
+    assert 0 <= length <= len(committed)
+    if length == 0:
+        return 0
+    fresh = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([committed[:length]]), cache=fresh, use_cache=True)
+    for ours, theirs in zip(cache.layers, fresh.layers):
+        torch.testing.assert_close(ours.keys[..., :length, :], theirs.keys, atol=atol, rtol=0)
+        torch.testing.assert_close(ours.values[..., :length, :], theirs.values, atol=atol, rtol=0)
+    return length
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     return build_tiny_llama()

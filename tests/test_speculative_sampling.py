@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import assert_cache_holds, build_tiny_llama
 
 from playground.decoding import DecodeSession
 from playground.drafts import parse_truncated, truncated_view
@@ -43,7 +43,7 @@ def deep_target():
 
 def run(model, tokenizer, name, prompt, max_new=24, eos=(), seed=0, draft_model=None, **params):
     """Run a method; after every round (its StatsEvent) the target cache must hold exactly the
-    committed tokens minus the pending root."""
+    committed tokens minus the pending root, and a draft's cache only committed tokens' rows."""
     session = DecodeSession(model, tokenizer, prompt, max_new, set(eos), seed, draft_model=draft_model)
     strategy = REGISTRY[name](**params)
     events = []
@@ -51,6 +51,8 @@ def run(model, tokenizer, name, prompt, max_new=24, eos=(), seed=0, draft_model=
         events.append(event)
         if isinstance(event, StatsEvent) and hasattr(strategy, "cache"):
             assert strategy.cache.get_seq_length() == len(prompt) + len(session.output_ids) - 1
+            if hasattr(strategy, "draft_cache"):
+                assert_cache_holds(strategy.draft_cache, draft_model, list(prompt) + session.output_ids)
     return [e.token_id for e in events if isinstance(e, TokenEvent)], events, session
 
 
