@@ -1,10 +1,11 @@
 """Plain greedy's decode speed for a model in this process: the denominator of "speed-up vs greedy".
 
 Decode rate = tokens after the first / seconds after the first token, so a long prompt's prefill
-does not blur the comparison. Every greedy run of a model updates its rate; when another method's
-run ends and this process has no greedy rate for that model yet, a short greedy run on the same
-prompt measures one (once per model, dtype and thread count). The number shown is always a
-measurement, and the metrics say which one.
+does not blur the comparison. The server measures one at start (a short greedy run while no
+browser is drawing, so speed-ups shown against it are conservative); every greedy run of a model
+replaces it (then both sides ran under the same load); and when another method's run ends and
+there is no rate for that model yet, a short greedy run on the same prompt measures one (once
+per model, dtype and thread count). The number is always a measurement; the metrics say which.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def known_speed(loaded) -> GreedySpeed | None:
         return _SPEEDS.get(_key(loaded))
 
 
-def greedy_speed(loaded, prompt_ids: list[int]) -> GreedySpeed:
+def greedy_speed(loaded, prompt_ids: list[int], where: str = "on this prompt") -> GreedySpeed:
     """This process's greedy decode rate for the model, measuring it now if there is none."""
     known = known_speed(loaded)
     if known:
@@ -67,7 +68,7 @@ def greedy_speed(loaded, prompt_ids: list[int]) -> GreedySpeed:
         tokens += 1
         first = time.perf_counter() - start if first is None else first
     rate = decode_rate(tokens, time.perf_counter() - start, first)
-    speed = GreedySpeed(rate or 0.0, f"greedy on this prompt, {tokens} tokens, measured in this session")
+    speed = GreedySpeed(rate or 0.0, f"greedy {where}, {tokens} tokens, measured in this session")
     with _LOCK:
         _SPEEDS.setdefault(_key(loaded), speed)
     return speed

@@ -18,7 +18,7 @@ from strategies import REGISTRY
 
 from .events import MetricsEvent, TokenEvent
 from .models import load_model
-from .runner import GenerationRequest, execute, prepare
+from .runner import GenerationRequest, execute, prepare, warm_up
 
 # Two kinds of work: open-ended answers (nothing to copy: drafts must predict the model), and
 # grounded edits of a given text, where the answer repeats the input (the case prompt lookup
@@ -100,6 +100,7 @@ def main(args) -> int:
     methods = ["greedy"] + [m for m in methods if m != "greedy"]     # the "x greedy" column's reference
     # warm-up: first calls pay for allocation and kernel selection
     run_method(loaded, "greedy", PROMPTS[0], 8)
+    warm_up(loaded)
     sets = list(PROMPT_SETS) if args.prompts == "all" else [args.prompts]
     report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,

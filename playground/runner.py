@@ -189,6 +189,18 @@ def compare_with_greedy(run: PreparedRun, new_tokens: int, busy: float, first_to
     return rate, baseline.greedy_speed(run.loaded, run.prompt_ids)
 
 
+WARM_UP_PROMPT = "Write a short story about a robot who learns to paint."
+
+
+def warm_up(loaded: LoadedModel) -> None:
+    """Before any visitor's run: time the model's verification passes (strategies/cost_model.py)
+    and its greedy decode rate (baseline.py), while nothing else competes for the cores."""
+    from strategies.cost_model import warm_up as time_passes
+
+    time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
+    baseline.greedy_speed(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True), where="at start-up")
+
+
 def generate(request: GenerationRequest, loaded: LoadedModel | None = None,
              cancel: threading.Event | None = None) -> list[Event]:
     """Convenience: prepare and run to the end, returning all events."""

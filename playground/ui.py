@@ -16,7 +16,7 @@ from visualizers import CSS, PANELS, render
 from .config import settings
 from .events import Event, MetricsEvent, TokenEvent
 from .models import EMBEDDED, EMBEDDED_NAME, load_model
-from .runner import GenerationRequest, InvalidRequest, execute, prepare
+from .runner import GenerationRequest, InvalidRequest, execute, prepare, warm_up
 
 # Drawing must cost the generator under 10 % of its time: redraw at most every MIN_INTERVAL_S,
 # and never sooner than RENDER_FACTOR x the last drawing's cost.
@@ -232,7 +232,7 @@ def build_app() -> gr.Blocks:
 
 def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None, preload: bool = True):
     if preload:
-        load_model()      # convert/cache the default model before the first visitor waits on it
+        warm_up(load_model())   # convert/cache the default model and time its passes before the first visitor
     demo = demo or build_app()
     demo.launch(server_name=host or settings().host, server_port=port or settings().port, css=CSS,
                 footer_links=["api", "gradio"])

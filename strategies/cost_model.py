@@ -9,6 +9,7 @@ passes the methods run anyway, and shared by every run in the process.
 
 from __future__ import annotations
 
+import time
 import weakref
 
 import torch
@@ -67,3 +68,22 @@ def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
         costs.tried.add(todo[0])
         return todo[0] - 1
     return max(sizes, key=lambda k: (1 + gains[min(k, len(gains) - 1)]) / costs.cost(k + 1))
+
+
+def warm_up(session, sizes=range(1, 17), prefix: int = 32) -> CostModel:
+    """Run and time one pass of each size on a short prefix, so that a fresh process's first
+    runs neither pay for first-call kernel setup (each new shape's first matmul is slow) nor
+    spend their rounds trying sizes: every size is passed twice and the second is recorded."""
+    from .tree_attention import keep_prefix
+
+    costs = cost_model_for(session.model)
+    cache = session.new_cache()
+    session.forward(list(range(1, prefix + 1)), cache)
+    for n in sizes:
+        for timed in (False, True):
+            start = time.perf_counter()
+            session.forward(list(range(2, n + 2)), cache, last_only=False)
+            if timed:
+                costs.record(n, time.perf_counter() - start)
+            keep_prefix(cache, prefix)
+    return costs

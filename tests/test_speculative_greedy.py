@@ -242,6 +242,17 @@ def test_prompt_lookup_length_follows_copy_rate_and_cost():
     assert CopyRate().gains(2) == [0.0, 0.5, 0.75]
 
 
+def test_warm_up_times_every_pass_size(tiny_model, tiny_tokenizer):
+    from strategies.cost_model import _COSTS, warm_up
+
+    _COSTS.pop(tiny_model, None)
+    session = DecodeSession(tiny_model, tiny_tokenizer, [], 1, set(), 0)
+    costs = warm_up(session, sizes=range(1, 6))
+    assert sorted(costs.seconds) == [1, 2, 3, 4, 5] and all(t > 0 for t in costs.seconds.values())
+    assert costs.untried([1, 5]) == []                                    # measured sizes are never "tried" again
+    assert session.forward_passes == 1 + 2 * 5                             # the prefix, then each size twice
+
+
 def test_rasd_fusion_shares_prefixes():
     from strategies.rasd import fuse, retrieve
     from strategies.tree_attention import DraftTree
