@@ -100,6 +100,7 @@ class TreeNode:
     logprob: float | None = None
     status: str = "open"          # open | kept | pruned | finished | chosen | accepted | rejected | bonus
     label: str = ""
+    draft_prob: float | None = None   # a draft node's q given its parent (draft-model methods)
 
 
 @event_type("tree")

@@ -157,9 +157,9 @@ def round_events(session, tree: DraftTree, target_logits: torch.Tensor, q_at: di
 def tree_event(session, tree: DraftTree, p: torch.Tensor, q_at: dict[int, torch.Tensor] | None, verdict: Verdict,
                count: int, step: int, title: str) -> TreeEvent:
     """Root, drafts (accepted / rejected; score = the draft's q, label p and q), the target's token."""
-    def node(i, parent, token, score, status, label):
+    def node(i, parent, token, score, status, label, q=None):
         return TreeNode(id=i, parent=parent, token_id=token, text=session.token_text(token), score=score,
-                        status=status, label=label)
+                        status=status, label=label, draft_prob=q)
 
     committed = set(verdict.path[:count])
     nodes = [node(0, None, tree.tokens[0], 1.0, "accepted", "root")]
@@ -168,7 +168,7 @@ def tree_event(session, tree: DraftTree, p: torch.Tensor, q_at: dict[int, torch.
         p_x = float(p[parent, token])
         q_x = float(q_at[parent][token]) if q_at and parent in q_at else None
         nodes.append(node(i, parent, token, p_x if q_x is None else q_x, "accepted" if i in committed else "rejected",
-                          f"p={p_x:.2f}" + ("" if q_x is None else f" q={q_x:.2f}")))
+                          f"p={p_x:.2f}" + ("" if q_x is None else f" q={q_x:.2f}"), q_x))
     chosen = verdict.path[count - 1]
     if count == len(verdict.path):                       # the target's own token was committed
         last, token = verdict.path[-1], verdict.next_token

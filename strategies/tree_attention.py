@@ -248,7 +248,8 @@ def tree_event(session, tree: DraftTree, logits: torch.Tensor, path: list[int], 
         nodes.append(TreeNode(id=i, parent=tree.parents[i] if i else None, token_id=token,
                               text=session.token_text(token), score=q if q is not None else (1.0 if i == 0 else p[i]),
                               logprob=None if i == 0 else logp_node[i],
-                              status="accepted" if i == 0 else status, label="root" if i == 0 else label))
+                              status="accepted" if i == 0 else status, label="root" if i == 0 else label,
+                              draft_prob=None if i == 0 else q))
     chosen = path[count - 1]
     if count == len(path):                               # the target's own token after the accepted path
         bonus = int(logits[path[-1]].argmax())

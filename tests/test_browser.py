@@ -294,7 +294,7 @@ def test_token_recycling_draws_its_draft_tree_and_acceptance(server, page, greed
 
     assert shown_tokens(page) == greedy_tokens                           # lossless: the greedy text
     expect_panels(page, drawn=("entropy", "probability", "tree", "acceptance", "acceptance_depth"),
-                  hidden=("rejection", "layer_acceptance"))
+                  hidden=("rejection", "layer_acceptance", "draft_probability"))   # recycled drafts have no q
     expect(page.locator("#plot-tree .gtitle")).to_have_text("Token Recycling draft tree")
     assert page.locator("#plot-tree .scatterlayer .point").count() >= 2  # root plus at least one draft node
     expect_speculation_metrics(page, "token_recycling", SPEC_TOKENS, draft=False)
@@ -309,8 +309,8 @@ def test_speculative_with_the_default_draft_model(server, page, greedy_tokens, c
     generate_and_wait(page, SPEC_TOKENS)
 
     assert shown_tokens(page) == greedy_tokens                           # temperature 0: equals greedy
-    expect_panels(page, drawn=("entropy", "probability", "tree", "method", "acceptance", "acceptance_depth"),
-                  hidden=("layer_acceptance",))
+    expect_panels(page, drawn=("entropy", "probability", "tree", "method", "acceptance", "acceptance_depth",
+                               "draft_probability"), hidden=("layer_acceptance",))
     assert page.locator("#plot-tree .scatterlayer .point").count() >= 2
     m = expect_speculation_metrics(page, "speculative", SPEC_TOKENS, draft=True)
     assert number(m["draft tokens per round"]) <= 1                     # gamma from the page reached the method
@@ -326,5 +326,6 @@ def test_rsd_with_sampling_shows_p_versus_q(server, page, clean_server_log):
 
     assert len(shown_tokens(page)) == 12
     # at temperature 0 there is no p-vs-q panel; sampling draws it at the rejections
-    expect_panels(page, drawn=("tree", "acceptance", "acceptance_depth", "rejection"), hidden=("layer_acceptance",))
+    expect_panels(page, drawn=("tree", "acceptance", "acceptance_depth", "rejection", "draft_probability"),
+                  hidden=("layer_acceptance",))
     expect_speculation_metrics(page, "rsd", 12, draft=True)

@@ -39,3 +39,20 @@ def test_figures_escape_hover_text():
     blob = json.dumps({k: f.to_plotly_json() if f else None for k, f in figures.items()}, default=str)
     assert "<img" not in blob and "<b>" not in blob
     assert figures["tree"] is not None and figures["entropy"] is not None
+
+
+def test_acceptance_vs_draft_probability_counts_reached_nodes_only():
+    from playground.events import TreeEvent, TreeNode
+    from visualizers.speculative import draft_probability_figure
+
+    def node(i, parent, q, status):
+        return TreeNode(i, parent, 10 + i, f"t{i}", score=q or 1.0, status=status, draft_prob=q)
+
+    rounds = [TreeEvent(0, [node(0, None, None, "accepted"), node(1, 0, 0.93, "accepted"), node(2, 0, 0.15, "rejected"),
+                            node(3, 2, 0.97, "rejected"),                   # parent rejected: never reached
+                            node(4, 1, 0.91, "rejected")]),
+              TreeEvent(1, [node(0, None, None, "accepted"), node(1, 0, 0.12, "accepted")])]
+    fig = draft_probability_figure(rounds)
+    rate = fig.data[0]
+    assert list(rate.x) == [0.15, 0.95] and list(rate.y) == [0.5, 0.5]       # q bin [.1,.2): 1 of 2; [.9,1): 1 of 2
+    assert draft_probability_figure([TreeEvent(0, [node(0, None, None, "accepted"), node(1, 0, None, "accepted")])]) is None

@@ -16,7 +16,7 @@ from playground.events import Event
 
 from .metrics import metrics_html
 from .rejection import layer_acceptance_figure, rejection_figure
-from .speculative import acceptance_figure, depth_figure
+from .speculative import acceptance_figure, depth_figure, draft_probability_figure
 from .text import CSS, tokens_html
 from .traces import entropy_figure, method_trace_figure, probability_figure
 from .tree import tree_figure
@@ -36,6 +36,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("method", "Method trace", method_trace_figure),
     Panel("acceptance", "Acceptance over time", acceptance_figure),
     Panel("acceptance_depth", "Acceptance by position", depth_figure),
+    Panel("draft_probability", "Acceptance vs draft probability", draft_probability_figure),
     Panel("rejection", "Rejection: p vs q", rejection_figure),
     Panel("layer_acceptance", "Per-layer acceptance (DEL)", layer_acceptance_figure),
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from playground.events import Event, VerifyEvent
+from playground.events import Event, TreeEvent, VerifyEvent
 
 from .text import plot_text
 
@@ -74,4 +74,37 @@ def depth_figure(events: list[Event]) -> go.Figure | None:
                            hovertemplate="%{text}<br>%{y:.2f}<extra></extra>"))
     fig.update_layout(title="Acceptance by draft position", xaxis_title="depth in the draft",
                       yaxis_title="share of rounds accepted to this depth", yaxis_range=[0, 1.02], **LAYOUT)
+    return fig
+
+
+def draft_probability_figure(events: list[Event], bins: int = 10) -> go.Figure | None:
+    """Acceptance rate against the draft's own probability q of a token (DySpec's premise: q
+    predicts acceptance, so grow the tree where q is high). A node counts once it was reached,
+    i.e. its parent was accepted; it is accepted if the target kept it."""
+    reached = [0] * bins
+    kept = [0] * bins
+    for tree in (e for e in events if isinstance(e, TreeEvent) and e.reset):
+        status = {n.id: n.status for n in tree.nodes}
+        for n in tree.nodes:
+            if n.draft_prob is None or status.get(n.parent) != "accepted" or n.status not in ("accepted", "rejected"):
+                continue
+            b = min(int(n.draft_prob * bins), bins - 1)
+            reached[b] += 1
+            kept[b] += n.status == "accepted"
+    if not any(reached):
+        return None
+    centers = [(b + 0.5) / bins for b in range(bins)]
+    used = [b for b in range(bins) if reached[b]]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[centers[b] for b in used], y=[kept[b] / reached[b] for b in used],
+                             mode="lines+markers", name="acceptance rate",
+                             text=[f"q in [{b / bins:.1f}, {(b + 1) / bins:.1f}): {kept[b]} of {reached[b]} accepted"
+                                   for b in used],
+                             hovertemplate="%{text}<extra></extra>", marker=dict(size=[6 + min(reached[b], 40) / 3
+                                                                                       for b in used])))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="acceptance = q",
+                             line=dict(dash="dot", color="#999"), hoverinfo="skip"))
+    fig.update_layout(title="Acceptance vs draft probability q (marker size: nodes reached)",
+                      xaxis=dict(title="draft probability q", range=[0, 1]),
+                      yaxis=dict(title="accepted / reached", range=[0, 1.05]), **LAYOUT)
     return fig
