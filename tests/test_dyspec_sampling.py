@@ -11,9 +11,10 @@ import heapq
 
 import pytest
 import torch
-from conftest import build_tiny_llama
 from transformers import DynamicCache
-from test_speculative_sampling import PROMPTS, chi_square_fails, rounds, run, warped_target
+from test_speculative_sampling import (PROMPTS, assert_follows_target, chi_square_fails, rounds, run, sample_many,
+                                      warped_target)
+from test_speculative_sampling import draft, target  # noqa: F401  (the same tiny target and draft fixtures)
 
 from playground.decoding import DecodeSession
 from playground.events import StatsEvent, TreeEvent
@@ -28,14 +29,6 @@ TEMPERATURE, TOP_K = 1.5, 24
 TREE = {"budget": 6, "width": 2, "branching": 3, "max_depth": 4}
 
 
-@pytest.fixture(scope="module")
-def target():
-    return build_tiny_llama(seed=0)
-
-
-@pytest.fixture(scope="module")
-def draft():
-    return build_tiny_llama(seed=1)
 
 
 def test_sampling_output_follows_the_target(target, draft, tiny_tokenizer):
@@ -44,25 +37,17 @@ def test_sampling_output_follows_the_target(target, draft, tiny_tokenizer):
     trees' shapes vary with the draws."""
     runs, prompt = 600, PROMPTS[0]
     strategy = REGISTRY["dyspec"](temperature=TEMPERATURE, top_k=TOP_K, **TREE)
-    firsts, seconds, accepted_first, shapes = [], [], 0, set()
-    for seed in range(runs):
-        session = DecodeSession(target, tiny_tokenizer, prompt, 3, set(), seed, draft_model=draft)
-        events = list(strategy.decode(session))
-        firsts.append(session.output_ids[0])
-        seconds.append(session.output_ids[1])
-        accepted_first += rounds(events)[0].accepted > 0
+    shapes = set()
+
+    def record_shape(events):
         tree = next(e for e in events if isinstance(e, TreeEvent))
         shapes.add(tuple(n.parent for n in tree.nodes if n.status != "bonus"))
-    vocab = target.config.vocab_size
-    p_first = warped_target(target, prompt, TEMPERATURE, TOP_K)
-    stat, critical = chi_square_fails(torch.bincount(torch.tensor(firsts), minlength=vocab).double(), p_first)
-    assert stat < critical, (stat, critical)
-    p_second = sum(p_first[t] * warped_target(target, prompt + [t], TEMPERATURE, TOP_K)
-                   for t in torch.nonzero(p_first > 0).flatten().tolist())
-    stat, critical = chi_square_fails(torch.bincount(torch.tensor(seconds), minlength=vocab).double(), p_second)
-    assert stat < critical, (stat, critical)
+
+    firsts, seconds, accepted_first = sample_many(strategy, target, draft, tiny_tokenizer, prompt, runs, record_shape)
+    assert_follows_target(target, prompt, firsts, seconds, TEMPERATURE, TOP_K)
     assert 0.1 * runs < accepted_first < 0.9 * runs
     assert len(shapes) > 1 and all(len(shape) == TREE["budget"] + 1 for shape in shapes)
+    vocab = target.config.vocab_size
     # the check has power: the draft's own distribution is clearly rejected
     q_first = warped_target(draft, prompt, TEMPERATURE, TOP_K)
     stat, critical = chi_square_fails(torch.bincount(torch.tensor(firsts), minlength=vocab).double(), q_first + 1e-9)

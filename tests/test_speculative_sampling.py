@@ -183,22 +183,22 @@ def test_verify_chain_outputs_the_target_law(target, draft):
     assert stat > 5 * critical
 
 
-@pytest.mark.parametrize("name,params", [("speculative", {"gamma": 2}), ("rsd", {"branching": "3,2,1"}),
-                                         ("spectr", {"num_drafts": 3, "draft_length": 2})])
-def test_sampling_end_to_end_matches_target(target, draft, tiny_tokenizer, name, params):
-    """The whole strategy (draft tree, one verification pass, caches, commits) over many seeds, three
-    new tokens each: the first and the second token follow the target's warped distributions (the
-    second averaged over the first), and both the accept and the residual paths run."""
-    temperature, top_k, runs = 1.5, 24, 600
-    prompt = PROMPTS[0]
-    strategy = REGISTRY[name](temperature=temperature, top_k=top_k, **params)
+def sample_many(strategy, target, draft, tokenizer, prompt, runs: int, on_events=None):
+    """The strategy's first two tokens over `runs` seeds, and how often round 1 accepted a draft."""
     firsts, seconds, accepted_first = [], [], 0
     for seed in range(runs):
-        session = DecodeSession(target, tiny_tokenizer, prompt, 3, set(), seed, draft_model=draft)
+        session = DecodeSession(target, tokenizer, prompt, 3, set(), seed, draft_model=draft)
         events = list(strategy.decode(session))
         firsts.append(session.output_ids[0])
         seconds.append(session.output_ids[1])
         accepted_first += rounds(events)[0].accepted > 0
+        if on_events:
+            on_events(events)
+    return firsts, seconds, accepted_first
+
+
+def assert_follows_target(target, prompt, firsts, seconds, temperature, top_k) -> torch.Tensor:
+    """First token ~ the target's warped p(. | prompt); second ~ its marginal over the first."""
     vocab = target.config.vocab_size
     p_first = warped_target(target, prompt, temperature, top_k)
     stat, critical = chi_square_fails(torch.bincount(torch.tensor(firsts), minlength=vocab).double(), p_first)
@@ -207,6 +207,19 @@ def test_sampling_end_to_end_matches_target(target, draft, tiny_tokenizer, name,
                    for t in torch.nonzero(p_first > 0).flatten().tolist())
     stat, critical = chi_square_fails(torch.bincount(torch.tensor(seconds), minlength=vocab).double(), p_second)
     assert stat < critical, (stat, critical)
+    return p_first
+
+
+@pytest.mark.parametrize("name,params", [("speculative", {"gamma": 2}), ("rsd", {"branching": "3,2,1"}),
+                                         ("spectr", {"num_drafts": 3, "draft_length": 2})])
+def test_sampling_end_to_end_matches_target(target, draft, tiny_tokenizer, name, params):
+    """The whole strategy (draft tree, one verification pass, caches, commits) over many seeds, three
+    new tokens each: the first and the second token follow the target's warped distributions (the
+    second averaged over the first), and both the accept and the residual paths run."""
+    temperature, top_k, runs = 1.5, 24, 600
+    strategy = REGISTRY[name](temperature=temperature, top_k=top_k, **params)
+    firsts, seconds, accepted_first = sample_many(strategy, target, draft, tiny_tokenizer, PROMPTS[0], runs)
+    assert_follows_target(target, PROMPTS[0], firsts, seconds, temperature, top_k)
     assert 0.1 * runs < accepted_first < 0.9 * runs
 
 
