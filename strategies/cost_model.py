@@ -62,12 +62,29 @@ def cost_model_for(model) -> CostModel:
 def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
     """The draft size k in `sizes` with the most expected tokens per second, (1 + gains[k]) /
     cost(k + 1), where gains[k] is the expected number of accepted drafts when k are proposed.
-    A size whose pass was never timed is tried once first (it is then measured, not guessed)."""
-    todo = costs.untried([k + 1 for k in sizes])
-    if todo:
-        costs.tried.add(todo[0])
-        return todo[0] - 1
-    return max(sizes, key=lambda k: (1 + gains[min(k, len(gains) - 1)]) / costs.cost(k + 1))
+
+    A size whose pass was never timed is tried once first, but only if it could win: its expected
+    tokens over a lower bound of its cost (the largest timed size below it; a bigger pass never
+    costs less) must beat the best timed size. So a 65-token tree is never run just to learn that
+    it is slow while drafts are rarely accepted."""
+    def gain(k: int) -> float:
+        return gains[min(k, len(gains) - 1)]
+
+    timed = [k for k in sizes if k + 1 in costs.seconds]
+    if not timed:
+        todo = costs.untried([k + 1 for k in sizes])
+        if todo:
+            costs.tried.add(todo[0])
+            return todo[0] - 1
+        return sizes[0]
+    best = max(timed, key=lambda k: (1 + gain(k)) / costs.cost(k + 1))
+    best_rate = (1 + gain(best)) / costs.cost(best + 1)
+    for n in costs.untried([k + 1 for k in sizes]):
+        floor = max((t for m, t in costs.seconds.items() if m <= n), default=0.0)
+        if floor > 0 and (1 + gain(n - 1)) / floor > best_rate:
+            costs.tried.add(n)
+            return n - 1
+    return best
 
 
 def warm_up(session, sizes=range(1, 17), prefix: int = 32) -> CostModel:

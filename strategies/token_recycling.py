@@ -171,5 +171,5 @@ class TokenRecycling(Strategy):
                                               source=f"recycled top-{k} (tree of {len(tree) - 1})",
                                               title="Token Recycling draft tree")
             yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
-                              "rank-1 hit rate": hits.rates()[0], "warm rows of M": int(matrix.any(1).sum())})
+                              "rank-1 hit rate": hits.rates()[0], "warm rows of M": int(matrix[:, 0].count_nonzero())})
             step += 1
