@@ -168,3 +168,24 @@ def test_bench_reports_methods_against_generate_and_greedy(embedded, capsys):
     assert all(r["equals_greedy"] for r in rows.values())             # compared with generate's own tokens
     assert rows["prompt_lookup"]["ratio_to_generate"] == pytest.approx(
         rows["prompt_lookup"]["tokens_per_s"] / result["generate_greedy"]["tokens_per_s"])
+
+
+def test_speculative_with_a_separate_draft_model_from_a_folder(embedded, tmp_path):
+    """A separate draft model, pointed at as a local folder the way a user would: a tiny random llama
+    with the embedded model's vocabulary and tokenizer. Greedy speculation still equals greedy."""
+    import torch
+    from conftest import build_tiny_llama
+
+    draft = build_tiny_llama(seed=3, vocab=embedded.model.config.vocab_size).to(torch.float32)
+    draft.save_pretrained(tmp_path)
+    embedded.tokenizer.save_pretrained(tmp_path)
+
+    def tokens(strategy, **kwargs):
+        events = generate(GenerationRequest("Name three colours.", strategy=strategy, max_new_tokens=12, **kwargs),
+                          embedded)
+        return [e.token_id for e in events if isinstance(e, TokenEvent)], events[-1]
+
+    greedy, _ = tokens("greedy")
+    ours, metrics = tokens("speculative", draft_model_id=str(tmp_path), params={"gamma": 3})
+    assert ours == greedy
+    assert metrics.draft_forward_passes > 0 and metrics.forward_passes <= 12 + 1     # prefill + one per round
