@@ -16,6 +16,7 @@ from visualizers import CSS, PANELS, render
 from .config import settings
 from .events import Event, MetricsEvent, TokenEvent
 from .models import EMBEDDED, EMBEDDED_NAME, load_model
+from .prompts import PROMPT_SETS
 from .runner import GenerationRequest, InvalidRequest, execute, prepare, warm_up
 
 # Drawing must cost the generator under 10 % of its time: redraw at most every MIN_INTERVAL_S,
@@ -96,6 +97,10 @@ def build_app() -> gr.Blocks:
                     with gr.Column(scale=2):
                         prompt = gr.Textbox(label="Prompt", lines=3, value="What is the capital of France?",
                                             elem_id="prompt")
+                        gr.Examples([[text] for texts in PROMPT_SETS.values() for text in texts], [prompt],
+                                    label="Examples: open-ended questions, then grounded edits (try prompt lookup)",
+                                    example_labels=[f"{kind}: {text.splitlines()[0][:48]}"
+                                                    for kind, texts in PROMPT_SETS.items() for text in texts])
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                             stop_btn = gr.Button("Stop", elem_id="stop")
