@@ -24,8 +24,12 @@ from .runner import GenerationRequest, execute, prepare, warm_up
 PROMPTS = PROMPT_SETS["open-ended"]
 
 
-def hf_generate(loaded, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], float, float]:
-    """transformers greedy: (new ids, seconds, time to first token)."""
+# transformers' own speculative decoders, timed beside ours when the matching method is benched.
+PEERS = {"prompt_lookup": ("generate(prompt_lookup_num_tokens=10)", {"prompt_lookup_num_tokens": 10})}
+
+
+def hf_generate(loaded, prompt_ids: list[int], max_new_tokens: int, **kwargs) -> tuple[list[int], float, float]:
+    """transformers greedy (or a greedy speculative mode via kwargs): (new ids, seconds, time to first token)."""
     from transformers import TextStreamer
 
     class FirstToken(TextStreamer):
@@ -46,7 +50,7 @@ def hf_generate(loaded, prompt_ids: list[int], max_new_tokens: int) -> tuple[lis
     start = time.perf_counter()
     with torch.inference_mode():
         out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                    do_sample=False, streamer=streamer)
+                                    do_sample=False, streamer=streamer, **kwargs)
     elapsed = time.perf_counter() - start
     return out[0, ids.shape[1]:].tolist(), elapsed, (streamer.first or time.perf_counter()) - start
 
@@ -96,6 +100,7 @@ def bench_set(loaded, methods: list[str], prompts: list[str], args) -> dict:
     """Every method and generate greedy on each prompt, interleaved so machine noise hits all alike."""
     totals = {m: {"tokens": 0, "seconds": 0.0, "ttft": [], "passes": 0, "equal_greedy": True} for m in methods}
     base = {"tokens": 0, "seconds": 0.0, "ttft": []}
+    peers = {PEERS[m][0]: {"tokens": 0, "seconds": 0.0, "equal_greedy": True} for m in methods if m in PEERS}
     divergences = []
     for _ in range(args.repeats):
         for number, prompt in enumerate(prompts):
@@ -109,6 +114,11 @@ def bench_set(loaded, methods: list[str], prompts: list[str], args) -> dict:
                     base["seconds"] += seconds
                     base["ttft"].append(ttft)
                     greedy_ids, greedy_tokens = ref, tokens
+                    for peer, kwargs in (PEERS[m] for m in methods if m in PEERS):
+                        peer_ids, seconds, _ = hf_generate(loaded, prompt_ids, args.max_new_tokens, **kwargs)
+                        peers[peer]["tokens"] += len(peer_ids)
+                        peers[peer]["seconds"] += seconds
+                        peers[peer]["equal_greedy"] &= peer_ids == ref
                 if ids != greedy_ids and REGISTRY[name].lossless and m.stop_reason != "error":
                     at = next((i for i, (a, b) in enumerate(zip(ids, greedy_ids)) if a != b), min(len(ids), len(ref)))
                     gap = top2_logit_gap(greedy_tokens[at]) if at < len(greedy_tokens) else None
@@ -128,7 +138,10 @@ def bench_set(loaded, methods: list[str], prompts: list[str], args) -> dict:
                      "ratio_to_greedy": rates[name] / rates["greedy"] if rates.get("greedy") else None,
                      "ttft_s": sum(t["ttft"]) / len(t["ttft"]), "tokens_per_forward": t["tokens"] / max(t["passes"], 1),
                      "equals_greedy": t["equal_greedy"], "lossless": REGISTRY[name].lossless})
-    return {"prompts": len(prompts), "divergences": divergences,
+    references = [{"name": name, "tokens_per_s": p["tokens"] / p["seconds"],
+                   "ratio_to_generate": p["tokens"] / p["seconds"] / base_tps, "equals_greedy": p["equal_greedy"]}
+                  for name, p in peers.items()]
+    return {"prompts": len(prompts), "divergences": divergences, "transformers_references": references,
             "generate_greedy": {"tokens_per_s": base_tps, "ttft_s": sum(base["ttft"]) / len(base["ttft"])},
             "methods": rows}
 
@@ -143,6 +156,9 @@ def print_table(name: str, result: dict) -> None:
         print(f"{r['method']:<16}{r['tokens_per_s']:>9.2f}{r['ratio_to_generate']:>11.2f}x{vs_greedy}"
               f"{r['ttft_s'] * 1000:>9.0f}{r['tokens_per_forward']:>10.2f}  {'yes' if r['equals_greedy'] else 'no'}"
               f"{' (lossless)' if r['lossless'] else ''}")
+    for r in result["transformers_references"]:
+        print(f"  transformers {r['name']}: {r['tokens_per_s']:.2f} tok/s, {r['ratio_to_generate']:.2f}x generate, "
+              f"equals greedy: {'yes' if r['equals_greedy'] else 'no'}")
     for d in result["divergences"]:
         gap = f"{d['top2_logit_gap']:.2e}" if d["top2_logit_gap"] is not None else "-"
         print(f"  {d['method']} left greedy on prompt {d['prompt']} at token {d['token']}: top-2 logit gap there {gap}")

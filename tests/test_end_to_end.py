@@ -168,6 +168,8 @@ def test_bench_reports_methods_against_generate_and_greedy(embedded, capsys):
     assert all(r["equals_greedy"] for r in rows.values())             # compared with generate's own tokens
     assert rows["prompt_lookup"]["ratio_to_generate"] == pytest.approx(
         rows["prompt_lookup"]["tokens_per_s"] / result["generate_greedy"]["tokens_per_s"])
+    [peer] = result["transformers_references"]                          # transformers' own prompt lookup, beside ours
+    assert peer["name"] == "generate(prompt_lookup_num_tokens=10)" and peer["equals_greedy"] and peer["tokens_per_s"] > 0
 
 
 def test_speculative_with_a_separate_draft_model_from_a_folder(embedded, tmp_path):
