@@ -10,6 +10,7 @@ from .greedy import Greedy
 from .prompt_lookup import PromptLookup
 from .rasd import RASD
 from .rsd import RecursiveSpeculative
+from .rsd_s import StochasticBeamRSD
 from .sampling import Sampling
 from .speculative import SpeculativeSampling
 from .spectr import SpecTr
@@ -28,6 +29,7 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     SpeculativeSampling,
     EarlyExit,
     RecursiveSpeculative,
+    StochasticBeamRSD,
     SpecTr,
 )}
 

@@ -81,7 +81,6 @@ class RecursiveSpeculative(Strategy):
     def decode(self, s):
         warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
         draft_gen = s.spawn_generator()
-        widths = [int(b) for b in self.p["branching"].split(",")]
         self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
         root = prefill_all_but_last(s, cache)
         self.draft_cache = draft_cache = prefill_draft(s)          # exposed for tests
@@ -90,8 +89,8 @@ class RecursiveSpeculative(Strategy):
             context = s.prompt_ids + s.output_ids
             sync_draft_cache(s, draft_cache, context)
             past_len = cache.get_seq_length()
-            room = s.max_new_tokens - len(s.output_ids) - 1
-            tree, q_at, fed = self.grow(s, draft_cache, root, widths[:room], warp, draft_gen)
+            room = s.max_new_tokens - len(s.output_ids) - 1     # draft depths that can still be committed
+            tree, q_at, fed = self.grow(s, draft_cache, root, room, warp, draft_gen)
             logits = verify_tree(s, tree, cache)
             verdict = self.verify(tree, logits, q_at, warp, s.generator)
             roll_back(cache, draft_cache, past_len, verdict.path[:committed_count(s, tree, verdict)], fed)
@@ -100,10 +99,10 @@ class RecursiveSpeculative(Strategy):
                 return
             root, step = s.output_ids[-1], step + 1
 
-    @staticmethod
-    def grow(s, draft_cache, root: int, widths: list[int], warp, generator):
+    def grow(self, s, draft_cache, root: int, room: int, warp, generator):
         """The tree, level by level: b_i distinct children per node (top-b in greedy mode, Gumbel-top-b
         otherwise). Returns the tree, each expanded node's draft distribution, and the fed count."""
+        widths = [int(b) for b in self.p["branching"].split(",")][:room]
         tree, q_at, fed = DraftTree.rooted(root), {}, 0
         for width in widths:
             level, fed = feed_level(s, tree, draft_cache, fed, warp)

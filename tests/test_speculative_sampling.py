@@ -211,6 +211,7 @@ def assert_follows_target(target, prompt, firsts, seconds, temperature, top_k) -
 
 
 @pytest.mark.parametrize("name,params", [("speculative", {"gamma": 2}), ("rsd", {"branching": "3,2,1"}),
+                                         ("rsd_s", {"beam_width": 3, "draft_depth": 2}),
                                          ("spectr", {"num_drafts": 3, "draft_length": 2})])
 def test_sampling_end_to_end_matches_target(target, draft, tiny_tokenizer, name, params):
     """The whole strategy (draft tree, one verification pass, caches, commits) over many seeds, three
@@ -223,11 +224,12 @@ def test_sampling_end_to_end_matches_target(target, draft, tiny_tokenizer, name,
     assert 0.1 * runs < accepted_first < 0.9 * runs
 
 
-@pytest.mark.parametrize("name", ["rsd", "spectr"])
+@pytest.mark.parametrize("name", ["rsd", "rsd_s", "spectr"])
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_tree_methods_greedy_equal_greedy(target, draft, tiny_tokenizer, name, prompt):
     reference = greedy(target, tiny_tokenizer, prompt)
     settings = {"rsd": [{"branching": "3,2,1"}, {"branching": "2,1,1,1,1"}],
+                "rsd_s": [{"beam_width": 3, "draft_depth": 3}, {"beam_width": 1, "draft_depth": 5}],
                 "spectr": [{"num_drafts": 4, "draft_length": 3}, {"num_drafts": 2, "draft_length": 5}]}[name]
     for params in settings:
         for draft_model in (draft, target):              # an unrelated draft, and a perfect one
@@ -239,7 +241,7 @@ def test_tree_methods_greedy_equal_greedy(target, draft, tiny_tokenizer, name, p
 
 def test_tree_methods_stop_exactly(target, draft, tiny_tokenizer):
     free = greedy(target, tiny_tokenizer, PROMPTS[1])
-    for name in ("rsd", "spectr"):
+    for name in ("rsd", "rsd_s", "spectr"):
         for max_new, stop in ((5, ()), (24, (free[7],))):
             ours, _, _ = run(target, tiny_tokenizer, name, PROMPTS[1], max_new, stop, draft_model=target)
             assert ours == greedy(target, tiny_tokenizer, PROMPTS[1], max_new, stop)
@@ -336,3 +338,21 @@ def test_truncated_embedded_draft_shares_weights(embedded):
     assert draft.tokenizer is embedded.tokenizer and draft.n_bytes < embedded.n_bytes
     run_ = prepare(GenerationRequest(prompt="Hi", strategy="speculative", max_new_tokens=4), embedded)
     assert run_.draft is not None and run_.draft.model_id == DEFAULT_DRAFT
+
+
+def test_stochastic_beam_children_are_drawn_without_replacement():
+    """RSD-S's top-down Gumbels: the children's maximum is the parent's value, and their order is
+    sequential sampling without replacement from q (P(a then b) = q_a q_b / (1 - q_a))."""
+    from strategies.rsd_s import conditioned_gumbels
+
+    q = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    trials, counts = 20000, torch.zeros(5, 5, dtype=torch.float64)
+    for _ in range(trials):
+        values = conditioned_gumbels(q.log() - 0.7, -1.3, generator)
+        assert float(values.max()) == pytest.approx(-1.3)
+        a, b = torch.topk(values, 2).indices.tolist()
+        counts[a, b] += 1
+    law = q[:, None] * q[None, :] / (1 - q[:, None])
+    law.fill_diagonal_(0)
+    assert 0.5 * float((counts / trials - law).abs().sum()) < 0.02   # TV; about 0.01 at this many trials
