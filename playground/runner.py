@@ -198,7 +198,8 @@ def warm_up(loaded: LoadedModel) -> None:
     from strategies.cost_model import warm_up as time_passes
 
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
-    baseline.greedy_speed(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True), where="at start-up")
+    baseline.greedy_speed(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True),
+                          where="at start-up, before any browser drew (run greedy on the page for a like-for-like one)")
 
 
 def generate(request: GenerationRequest, loaded: LoadedModel | None = None,

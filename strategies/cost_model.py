@@ -19,21 +19,31 @@ class CostModel:
     """Seconds per verification pass as a function of the number of tokens fed, measured here."""
 
     WINDOW = 7
+    STALE = 50        # passes after which a size's timing is re-checked (it may have been taken under load)
 
     def __init__(self):
         self.seconds: dict[int, float] = {}          # the median of the recent passes of each size
         self.recent: dict[int, list[float]] = {}
         self.tried: set[int] = set()
+        self.passes = 0
+        self.last: dict[int, int] = {}                # size -> the pass count when it was last timed
 
     def record(self, n_tokens: int, seconds: float) -> None:
         # A median of the last few follows drift but ignores one-off stalls (another process, a GC pause).
         recent = self.recent.setdefault(n_tokens, [])
         recent.append(seconds)
         del recent[:-self.WINDOW]
-        self.seconds[n_tokens] = sorted(recent)[len(recent) // 2]
+        self.seconds[n_tokens] = sorted(recent)[(len(recent) - 1) // 2]   # the lower median: stalls only add time
+        self.passes += 1
+        self.last[n_tokens] = self.passes
 
     def untried(self, sizes) -> list[int]:
         return [n for n in sizes if n not in self.tried and n not in self.seconds]
+
+    def stale(self, sizes) -> list[int]:
+        """Timed sizes not timed again for STALE passes: a size timed while the machine was busy
+        (a browser drawing on the same cores) would otherwise look slow, and go unused, for good."""
+        return [n for n in sizes if n in self.last and self.passes - self.last[n] > self.STALE]
 
     def cost(self, n_tokens: int) -> float:
         """Piecewise-linear through the measured sizes, made non-decreasing (a bigger pass never
@@ -63,10 +73,10 @@ def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
     """The draft size k in `sizes` with the most expected tokens per second, (1 + gains[k]) /
     cost(k + 1), where gains[k] is the expected number of accepted drafts when k are proposed.
 
-    A size whose pass was never timed is tried once first, but only if it could win: its expected
-    tokens over a lower bound of its cost (the largest timed size below it; a bigger pass never
-    costs less) must beat the best timed size. So a 65-token tree is never run just to learn that
-    it is slow while drafts are rarely accepted."""
+    A size whose pass was never timed, or not for a while, is tried (again) first, but only if it
+    could win: its expected tokens over a lower bound of its cost (the slowest timed size below it;
+    a bigger pass never costs less) must beat the best timed size. So a 65-token tree is never run
+    just to learn that it is slow while drafts are rarely accepted."""
     def gain(k: int) -> float:
         return gains[min(k, len(gains) - 1)]
 
@@ -79,10 +89,11 @@ def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
         return sizes[0]
     best = max(timed, key=lambda k: (1 + gain(k)) / costs.cost(k + 1))
     best_rate = (1 + gain(best)) / costs.cost(best + 1)
-    for n in costs.untried([k + 1 for k in sizes]):
-        floor = max((t for m, t in costs.seconds.items() if m <= n), default=0.0)
+    for n in sorted(costs.untried([k + 1 for k in sizes]) + costs.stale([k + 1 for k in sizes if k != best])):
+        floor = max((t for m, t in costs.seconds.items() if m < n), default=0.0)
         if floor > 0 and (1 + gain(n - 1)) / floor > best_rate:
             costs.tried.add(n)
+            costs.recent.pop(n, None)                  # a re-check starts afresh: old timings may be the reason
             return n - 1
     return best
 

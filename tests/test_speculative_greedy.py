@@ -242,6 +242,21 @@ def test_prompt_lookup_length_follows_copy_rate_and_cost():
     assert CopyRate().gains(2) == [0.0, 0.5, 0.75]
 
 
+def test_a_size_timed_under_load_is_checked_again_later():
+    from strategies.cost_model import CostModel, best_size
+
+    costs = CostModel()
+    costs.record(1, 1.0)
+    costs.record(2, 5.0)                                                   # timed while the machine was busy
+    gains = [0.0, 0.5]
+    assert best_size(gains, costs, [0, 1]) == 0                             # so one-token steps look best
+    for _ in range(CostModel.STALE + 1):
+        costs.record(1, 1.0)
+    assert best_size(gains, costs, [0, 1]) == 1                             # stale: worth one more look
+    costs.record(2, 1.05)                                                   # and it is cheap after all
+    assert costs.seconds[2] == 1.05 and best_size(gains, costs, [0, 1]) == 1
+
+
 def test_warm_up_times_every_pass_size(tiny_model, tiny_tokenizer):
     from strategies.cost_model import _COSTS, warm_up
 
