@@ -68,7 +68,7 @@ def greedy_speed(loaded, prompt_ids: list[int], where: str = "on this prompt") -
         tokens += 1
         first = time.perf_counter() - start if first is None else first
     rate = decode_rate(tokens, time.perf_counter() - start, first)
-    speed = GreedySpeed(rate or 0.0, f"greedy {where}, {tokens} tokens, measured in this session")
+    speed = GreedySpeed(rate or 0.0, f"a {tokens}-token greedy run {where}, measured in this session")
     with _LOCK:
         _SPEEDS.setdefault(_key(loaded), speed)
     return speed

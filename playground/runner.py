@@ -199,7 +199,7 @@ def warm_up(loaded: LoadedModel) -> None:
 
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
     baseline.greedy_speed(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True),
-                          where="at start-up, before any browser drew (run greedy on the page for a like-for-like one)")
+                          where="at start-up, before any browser drew (run greedy here for a like-for-like reference)")
 
 
 def generate(request: GenerationRequest, loaded: LoadedModel | None = None,
