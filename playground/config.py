@@ -13,6 +13,13 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = _env(name, default)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path          # converted models and the measured memory bandwidth live here
@@ -37,7 +44,7 @@ class Settings:
             default_dtype=_env("PLAYGROUND_DTYPE", "float32"),
             max_new_tokens_cap=int(_env("PLAYGROUND_MAX_NEW_TOKENS_CAP", "512")),
             threads=int(_env("PLAYGROUND_THREADS", str(os.cpu_count() or 1))),
-            forward=_env("PLAYGROUND_FORWARD", "lean"),
+            forward=_choice("PLAYGROUND_FORWARD", "lean", ("lean", "transformers")),
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),

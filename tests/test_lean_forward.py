@@ -102,3 +102,27 @@ def test_embedded_decode_steps_are_bitwise_equal(embedded):
             b = lean_forward.forward(model, token_lean, lean_cache).logits
             assert torch.equal(a, b)
             token_ref, token_lean = a[0, -1].argmax().view(1, 1), b[0, -1].argmax().view(1, 1)
+
+
+def test_forward_setting_is_checked(monkeypatch):
+    from playground.config import Settings
+
+    monkeypatch.setenv("PLAYGROUND_FORWARD", "transformer")
+    with pytest.raises(ValueError, match="PLAYGROUND_FORWARD must be one of lean, transformers"):
+        Settings.from_env()
+    monkeypatch.setenv("PLAYGROUND_FORWARD", "transformers")
+    assert Settings.from_env().forward == "transformers"
+
+
+def test_both_forward_paths_decode_the_same_greedy_text(model):
+    from playground.decoding import DecodeSession
+    from strategies import REGISTRY
+
+    from conftest import TinyTokenizer
+
+    outputs = []
+    for lean in (True, False):
+        session = DecodeSession(model, TinyTokenizer(), [4, 8, 15], 20, set(), 0, lean=lean)
+        list(REGISTRY["greedy"]().decode(session))
+        outputs.append(session.output_ids)
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 20
