@@ -33,7 +33,8 @@ from .base import Param, Strategy
 from .rsd import RecursiveSpeculative
 from .speculative import (check_sampling, committed_count, make_warp, prefill_all_but_last, probabilities,
                           round_events, sampling_params)
-from .tree_attention import AcceptanceStats, DraftTree, draft_tree_forward, greedy_round, keep_path, verify_tree
+from .tree_attention import (AcceptanceStats, DraftTree, commit_first, draft_tree_forward, greedy_round, keep_path,
+                             verify_tree)
 
 
 @dataclass
@@ -166,11 +167,7 @@ class DySpec(Strategy):
     def decode_greedy(self, s):
         self.cache = cache = s.new_cache()                        # exposed for tests: committed minus the root
         self.draft_cache = draft_cache = DynamicCache(config=s.draft_model.config)
-        logits = s.prefill(cache)
-        root = int(logits.argmax())
-        yield s.commit(root, logits)
-        if s.is_eos(root) or not s.room():
-            return
+        root = yield from commit_first(s, s.prefill(cache))
         lag, stats, step = list(s.prompt_ids), AcceptanceStats(), 0
         while root is not None:
             grown = grow_draft_tree(s, root, lag, draft_cache, self.p["budget"], self.p["width"],

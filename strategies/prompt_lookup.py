@@ -21,7 +21,7 @@ from playground.events import StatsEvent
 
 from .base import Param, Strategy
 from .cost_model import best_size, cost_model_for
-from .tree_attention import AcceptanceStats, DraftTree, greedy_round, verify_tree
+from .tree_attention import AcceptanceStats, DraftTree, commit_first, greedy_round, verify_tree
 
 
 def lookup(ids: list[int], max_ngram: int, num_tokens: int) -> tuple[list[int], int]:
@@ -68,11 +68,7 @@ class PromptLookup(Strategy):
 
     def decode(self, s):
         self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
-        logits = s.prefill(cache)
-        root = int(logits.argmax())
-        yield s.commit(root, logits)
-        if s.is_eos(root) or not s.room():
-            return
+        root = yield from commit_first(s, s.prefill(cache))
         stats, step = AcceptanceStats(), 0
         costs, rate = cost_model_for(s.model), CopyRate()
         measured = self.p["draft_length"] == "measured"

@@ -19,7 +19,7 @@ from playground.events import StatsEvent
 
 from .base import Param, Strategy
 from .dyspec import grow_draft_tree, keep_draft_path
-from .tree_attention import AcceptanceStats, DraftTree, greedy_round, verify_tree
+from .tree_attention import AcceptanceStats, DraftTree, commit_first, greedy_round, verify_tree
 
 
 def retrieve(ids: list[int], max_ngram: int, length: int, paths: int) -> list[list[int]]:
@@ -92,11 +92,7 @@ class RASD(Strategy):
         p = self.p
         self.cache = cache = s.new_cache()                          # exposed for tests: committed minus the root
         self.draft_cache = draft_cache = DynamicCache(config=s.draft_model.config)
-        logits = s.prefill(cache)
-        root = int(logits.argmax())
-        yield s.commit(root, logits)
-        if s.is_eos(root) or not s.room():
-            return
+        root = yield from commit_first(s, s.prefill(cache))
         lag, stats, step = list(s.prompt_ids), AcceptanceStats(), 0
         by_source = {"model": [0, 0], "retrieval": [0, 0], "both": [0, 0]}   # [drafted, accepted]
         while root is not None:

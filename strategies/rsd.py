@@ -61,43 +61,63 @@ def feed_level(session, tree: DraftTree, cache, fed: int, warp) -> tuple[dict[in
     return {fed + i: probabilities(row, warp) for i, row in enumerate(logits)}, len(tree)
 
 
-# --- the strategy --------------------------------------------------------------------------------
+# --- the round loop shared by the sampled draft-tree methods (RSD-C, RSD-S, SpecTr) -----------------
 
-class RecursiveSpeculative(Strategy):
+class SampledTreeSpeculation(Strategy):
+    """One round: sync the draft cache, grow a tree (`grow`), verify it in one target pass, choose
+    what to commit (`accept`), keep the accepted rows in both caches, emit the round's events.
+    Subclasses say how the tree is drawn and how its candidates are judged."""
+
+    lossless = True
+    needs_draft = True
+    tree_title = "draft tree"
+
+    def check(self):
+        check_sampling(self.p)
+
+    def grow(self, s, draft_cache, root: int, room: int, warp, generator):
+        """(tree, draft distribution per expanded node, fed count, anything `accept` needs); room:
+        the deepest draft position that can still be committed."""
+        raise NotImplementedError
+
+    def accept(self, tree: DraftTree, logits: torch.Tensor, q_at: dict[int, torch.Tensor], grown_with,
+               warp, generator: torch.Generator) -> Verdict:
+        raise NotImplementedError
+
+    def decode(self, s):
+        warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
+        draft_gen = s.spawn_generator()                    # draft draws never shift the target's
+        self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
+        root = prefill_all_but_last(s, cache)
+        self.draft_cache = draft_cache = prefill_draft(s)  # exposed for tests
+        stats, step = AcceptanceStats(), 0
+        while True:
+            sync_draft_cache(s, draft_cache, s.prompt_ids + s.output_ids)
+            past_len = cache.get_seq_length()
+            room = s.max_new_tokens - len(s.output_ids) - 1     # draft depths that can still be committed
+            tree, q_at, fed, grown_with = self.grow(s, draft_cache, root, room, warp, draft_gen)
+            logits = verify_tree(s, tree, cache)
+            verdict = self.accept(tree, logits, q_at, grown_with, warp, s.generator)
+            roll_back(cache, draft_cache, past_len, verdict.path[:committed_count(s, tree, verdict)], fed)
+            if (yield from round_events(s, tree, logits, q_at, verdict, step, stats, warp, "draft model",
+                                        self.tree_title)):
+                return
+            root, step = s.output_ids[-1], step + 1
+
+
+class RecursiveSpeculative(SampledTreeSpeculation):
     name = "rsd"
     title = "Recursive speculative decoding (RSD-C)"
     summary = ("A draft tree whose siblings are sampled without replacement, verified in one tree-attention pass "
                "with recursive rejection sampling; exact target distribution, greedy at temperature 0.")
     paper = "https://arxiv.org/abs/2402.14160"
-    lossless = True
-    needs_draft = True
     params = (Param("branching", "choice", "3,2,1", choices=BRANCHINGS,
                     help="Children per node at each depth (the tree's depth is the list's length)."),
               ) + sampling_params()
+    tree_title = "RSD draft tree"
 
-    def check(self):
-        check_sampling(self.p)
-
-    def decode(self, s):
-        warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
-        draft_gen = s.spawn_generator()
-        self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
-        root = prefill_all_but_last(s, cache)
-        self.draft_cache = draft_cache = prefill_draft(s)          # exposed for tests
-        stats, step = AcceptanceStats(), 0
-        while True:
-            context = s.prompt_ids + s.output_ids
-            sync_draft_cache(s, draft_cache, context)
-            past_len = cache.get_seq_length()
-            room = s.max_new_tokens - len(s.output_ids) - 1     # draft depths that can still be committed
-            tree, q_at, fed = self.grow(s, draft_cache, root, room, warp, draft_gen)
-            logits = verify_tree(s, tree, cache)
-            verdict = self.verify(tree, logits, q_at, warp, s.generator)
-            roll_back(cache, draft_cache, past_len, verdict.path[:committed_count(s, tree, verdict)], fed)
-            if (yield from round_events(s, tree, logits, q_at, verdict, step, stats, warp, "draft model",
-                                        "RSD draft tree")):
-                return
-            root, step = s.output_ids[-1], step + 1
+    def accept(self, tree, logits, q_at, grown_with, warp, generator) -> Verdict:
+        return self.verify(tree, logits, q_at, warp, generator)
 
     def grow(self, s, draft_cache, root: int, room: int, warp, generator):
         """The tree, level by level: b_i distinct children per node (top-b in greedy mode, Gumbel-top-b
@@ -116,7 +136,7 @@ class RecursiveSpeculative(Strategy):
                     children = acceptance.gumbel_top_k(q, width, generator)
                 for token in children.tolist():
                     tree.add(node, token)
-        return tree, q_at, fed
+        return tree, q_at, fed, None
 
     @staticmethod
     def verify(tree: DraftTree, logits: torch.Tensor, q_at: dict[int, torch.Tensor], warp,

@@ -70,4 +70,4 @@ class StochasticBeamRSD(RecursiveSpeculative):
             if not kept:
                 break
             beams = {tree.add(node, token): (v, logp) for v, node, token, logp in kept}
-        return tree, q_at, fed
+        return tree, q_at, fed, None

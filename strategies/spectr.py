@@ -18,58 +18,33 @@ from __future__ import annotations
 import torch
 
 from . import acceptance
-from .base import Param, Strategy
-from .rsd import feed_level, prefill_draft, roll_back, sync_draft_cache
-from .speculative import (Verdict, check_sampling, committed_count, make_warp, prefill_all_but_last, probabilities,
-                          round_events, sampling_params)
-from .tree_attention import AcceptanceStats, DraftTree, greedy_accept, verify_tree
+from .base import Param
+from .rsd import SampledTreeSpeculation, feed_level
+from .speculative import Verdict, probabilities, sampling_params
+from .tree_attention import DraftTree, greedy_accept
 
 
-class SpecTr(Strategy):
+class SpecTr(SampledTreeSpeculation):
     name = "spectr"
     title = "SpecTr (k drafts, K-SEQ selection)"
     summary = ("k independent draft sequences merged into a trie and verified in one pass; at each depth "
                "k-sequential selection picks a surviving candidate. Exact target distribution.")
     paper = "https://arxiv.org/abs/2310.15141"
-    lossless = True
-    needs_draft = True
     params = (
         Param("num_drafts", "int", 4, 1, 16, help="k: independent draft sequences per round.", step=1),
         Param("draft_length", "int", 4, 1, 16, help="L: tokens per draft sequence.", step=1),
     ) + sampling_params()
 
-    def check(self):
-        check_sampling(self.p)
+    @property
+    def tree_title(self) -> str:
+        return f"SpecTr trie of {self.p['num_drafts']} drafts"
 
-    def decode(self, s):
-        warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
-        draft_gen = s.spawn_generator()
-        self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
-        root = prefill_all_but_last(s, cache)
-        self.draft_cache = draft_cache = prefill_draft(s)          # exposed for tests
-        stats, step = AcceptanceStats(), 0
-        while True:
-            context = s.prompt_ids + s.output_ids
-            sync_draft_cache(s, draft_cache, context)
-            past_len = cache.get_seq_length()
-            length = min(self.p["draft_length"], s.max_new_tokens - len(s.output_ids) - 1)
-            tree, q_at, fed, sequences = self.grow(s, draft_cache, root, self.p["num_drafts"], length, warp,
-                                                   draft_gen)
-            logits = verify_tree(s, tree, cache)
-            verdict = self.verify(tree, logits, q_at, sequences, warp, s.generator)
-            roll_back(cache, draft_cache, past_len, verdict.path[:committed_count(s, tree, verdict)], fed)
-            if (yield from round_events(s, tree, logits, q_at, verdict, step, stats, warp, "draft model",
-                                        f"SpecTr trie of {self.p['num_drafts']} drafts")):
-                return
-            root, step = s.output_ids[-1], step + 1
-
-    @staticmethod
-    def grow(s, draft_cache, root: int, k: int, length: int, warp, generator):
+    def grow(self, s, draft_cache, root: int, room: int, warp, generator):
         """k i.i.d. sequences as a trie, one draft pass per depth. Returns the trie, each expanded
         node's draft distribution, the fed count, and every sequence's node path (root first)."""
         tree, q_at, fed = DraftTree.rooted(root), {}, 0
-        sequences = [[0] for _ in range(k)]
-        for _ in range(length):
+        sequences = [[0] for _ in range(self.p["num_drafts"])]
+        for _ in range(min(self.p["draft_length"], room)):
             level, fed = feed_level(s, tree, draft_cache, fed, warp)
             q_at.update(level)
             for seq in sequences:
@@ -78,6 +53,9 @@ class SpecTr(Strategy):
                 child = tree.child_with_token(node, token)
                 seq.append(child if child is not None else tree.add(node, token))
         return tree, q_at, fed, sequences
+
+    def accept(self, tree, logits, q_at, sequences, warp, generator) -> Verdict:
+        return self.verify(tree, logits, q_at, sequences, warp, generator)
 
     @staticmethod
     def verify(tree: DraftTree, logits: torch.Tensor, q_at: dict[int, torch.Tensor], sequences: list[list[int]],

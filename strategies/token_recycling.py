@@ -24,7 +24,7 @@ from playground.events import StatsEvent
 
 from .base import Param, Strategy
 from .cost_model import CostModel, best_size, cost_model_for
-from .tree_attention import AcceptanceStats, DraftTree, greedy_accept, greedy_round, verify_tree
+from .tree_attention import AcceptanceStats, DraftTree, commit_first, greedy_accept, greedy_round, verify_tree
 
 BUDGETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round (0: a plain greedy step)
 MAX_DEPTH = 8
@@ -145,10 +145,7 @@ class TokenRecycling(Strategy):
         shared = self.p["matrix"] == "shared"
         self.matrix = matrix = shared_matrix(s.model, vocab, k) if shared else torch.zeros(vocab, k, dtype=torch.long)
         refresh_rows(matrix, s.prompt_ids, prompt_logits)
-        root = int(prompt_logits[-1].argmax())
-        yield s.commit(root, prompt_logits[-1])
-        if s.is_eos(root) or not s.room():
-            return
+        root = yield from commit_first(s, prompt_logits[-1])
 
         hits = shared_rank_hits(s.model, k) if shared else RankHits(k)
         costs, stats, step = cost_model_for(s.model), AcceptanceStats(), 0

@@ -205,6 +205,14 @@ def tokens_to_commit(session, proposed: list[int]) -> int:
     return min(len(proposed), room)
 
 
+def commit_first(session, logits: torch.Tensor):
+    """Commit the prompt pass's argmax (it needs no draft) and return it as the first round's root,
+    or None when it already ends the run. Use: root = yield from commit_first(s, s.prefill(cache))."""
+    root = int(logits.argmax())
+    yield session.commit(root, logits)
+    return None if session.is_eos(root) or not session.room() else root
+
+
 def greedy_round(session, tree: DraftTree, logits: torch.Tensor, cache, past_len: int, step: int,
                  stats: AcceptanceStats, source: str = "", scores: list[float] | None = None,
                  labels: list[str] | None = None, title: str = "Draft tree"):
