@@ -171,6 +171,18 @@ class MetricsEvent(Event):
     speedup_vs_greedy: float | None = None        # decode_tokens_per_s / greedy_tokens_per_s
 
 
+@event_type("notice")
+@dataclass
+class NoticeEvent(Event):
+    """Something the user should know about how the method is running right now, said in words
+    (e.g. "drafts do not pay on this machine now: plain steps"). `key` groups notices of one kind
+    so a view can show the latest per key; `active` False withdraws an earlier notice of that key."""
+
+    key: str
+    message: str
+    active: bool = True
+
+
 @event_type("error")
 @dataclass
 class ErrorEvent(Event):

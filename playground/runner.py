@@ -195,7 +195,7 @@ WARM_UP_PROMPT = "Write a short story about a robot who learns to paint."
 def warm_up(loaded: LoadedModel) -> None:
     """Before any visitor's run: time the model's verification passes (strategies/cost_model.py)
     and its greedy decode rate (baseline.py), while nothing else competes for the cores."""
-    from strategies.cost_model import warm_up as time_passes
+    from strategies.speculative.cost_model import warm_up as time_passes
 
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
     baseline.greedy_speed(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True),

@@ -1,21 +1,22 @@
-"""The strategy registry: one line per decoding method."""
+"""The strategy registry: one line per decoding method. Families live in sub-packages: sampling/,
+search/, speculative/ (each with its shared machinery in its own modules)."""
 
 from __future__ import annotations
 
 from .base import InvalidParameter, Param, Strategy
-from .beam import BeamSearch
-from .early_exit import EarlyExit
-from .dyspec import DySpec
-from .greedy import Greedy
-from .prompt_lookup import PromptLookup
-from .rasd import RASD
-from .rsd import RecursiveSpeculative
-from .rsd_s import StochasticBeamRSD
-from .sampling import Sampling
-from .speculative import SpeculativeSampling
-from .spectr import SpecTr
-from .token_recycling import TokenRecycling
-from .top_h import TopH
+from .sampling.ancestral import Sampling
+from .sampling.greedy import Greedy
+from .sampling.top_h import TopH
+from .search.beam import BeamSearch
+from .speculative.dyspec import DySpec
+from .speculative.early_exit import EarlyExit
+from .speculative.prompt_lookup import PromptLookup
+from .speculative.rasd import RASD
+from .speculative.rsd import RecursiveSpeculative
+from .speculative.rsd_s import StochasticBeamRSD
+from .speculative.speculative_sampling import SpeculativeSampling
+from .speculative.spectr import SpecTr
+from .speculative.token_recycling import TokenRecycling
 
 REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     Greedy,

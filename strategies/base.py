@@ -76,6 +76,11 @@ class Strategy:
         self.p = {name: param.parse(values.get(name, param.default)) for name, param in known.items()}
         self.check()
 
+    def is_lossless(self) -> bool:
+        """Whether THIS configuration equals plain greedy token for token. Methods with a sampling
+        mode are lossless only at temperature 0; greedy itself is the reference, not 'lossless'."""
+        return self.lossless and self.p.get("temperature", 0) == 0
+
     def check(self) -> None:
         """Cross-parameter checks (override when a rule spans several parameters)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strategies import acceptance as acc
+from strategies.speculative import acceptance as acc
 
 TRIALS = 200_000
 TOLERANCE = 0.005

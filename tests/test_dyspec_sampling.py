@@ -18,10 +18,11 @@ from test_speculative_sampling import draft, target  # noqa: F401  (the same tin
 
 from playground.decoding import DecodeSession
 from playground.events import StatsEvent, TreeEvent
-from strategies import REGISTRY, acceptance
+from strategies import REGISTRY
+from strategies.speculative import acceptance
 from strategies.base import InvalidParameter
-from strategies.dyspec import GrownTree, sample_draft_tree
-from strategies.tree_attention import DraftTree
+from strategies.speculative.dyspec import GrownTree, sample_draft_tree
+from strategies.speculative.tree import DraftTree
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,7 @@ from transformers import DynamicCache
 
 from playground import lean_forward
 from playground.drafts import truncated_view
-from strategies.tree_attention import DraftTree, tree_mask
+from strategies.speculative.tree import DraftTree, tree_mask
 
 from conftest import build_tiny_llama
 

@@ -10,9 +10,10 @@ from transformers import (EpsilonLogitsWarper, EtaLogitsWarper, LogitsProcessorL
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper)
 from transformers.generation.logits_process import TopHLogitsWarper
 
-from strategies import warpers
-from strategies.sampling import Sampling
-from strategies.top_h import TopH, top_h_keep
+from strategies.sampling import warpers
+from strategies.sampling.ancestral import Sampling
+from strategies.sampling.top_h import TopH
+from strategies.sampling.warpers import top_h_keep
 from tests.test_exactness import PROMPTS, hf, run_strategy
 
 

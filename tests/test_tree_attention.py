@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from playground.decoding import DecodeSession
-from strategies.tree_attention import (DraftTree, draft_tree_forward, greedy_accept, keep_path, keep_prefix,
+from strategies.speculative.tree import (DraftTree, draft_tree_forward, greedy_accept, keep_path, keep_prefix,
                                        tree_mask, verify_tree)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from playground.events import StatsEvent, TreeEvent, TreeNode
 
-from .base import Param, Strategy
+from ..base import Param, Strategy
 
 NEG = -1.0e9
 

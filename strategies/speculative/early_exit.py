@@ -34,11 +34,12 @@ import torch
 from playground.drafts import truncated_view
 from playground.events import LayerAcceptanceEvent
 
+from ..base import Param, Strategy
 from . import acceptance
-from .base import Param, Strategy
-from .speculative import (chain_tree, check_sampling, committed_count, make_warp, prefill_all_but_last, probabilities,
-                          round_events, sampling_params, verify_chain)
-from .tree_attention import AcceptanceStats, keep_prefix
+from .rounds import (AcceptanceStats, PlainStepNotice, committed_count, node_q, prefill_all_but_last,
+                     round_events)
+from .tree import keep_prefix
+from .verify import chain_tree, check_sampling, make_warp, probabilities, sampling_params, verify_chain
 
 
 # --- per-layer agreement ("shadow tokens") ---------------------------------------------------
@@ -155,13 +156,13 @@ class EarlyExit(Strategy):
         layers = s.model.config.num_hidden_layers
         fixed_layer = min(self.p["exit_layer"], layers)
         head = head_in_layers(s.model) if self.p["count_head"] else 0.0
-        warp = make_warp(self.p["temperature"], self.p["top_k"], self.p["top_p"])
+        warp = make_warp(self.p)
         draft_gen = s.spawn_generator()
         agreement = LayerAgreement(layers, self.p["decay"])
         views: dict[int, torch.nn.Module] = {}
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
         root = prefill_all_but_last(s, cache)
-        stats, step = AcceptanceStats(), 0
+        stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         while True:
             context = s.prompt_ids + s.output_ids
             room = s.max_new_tokens - len(s.output_ids) - 1
@@ -181,9 +182,10 @@ class EarlyExit(Strategy):
             tree = chain_tree(root, drafts)
             keep_prefix(cache, len(context) + committed_count(s, tree, verdict) - 1)
             q_at = dict(enumerate(q)) if q is not None else None
-            if (yield from round_events(s, tree, logits, q_at, verdict, step, stats, warp,
+            yield from notice.update(not (fixed_layer or self.p["draft_length"]) and longest > 0 and layer == 0)
+            if (yield from round_events(s, tree, logits, verdict, step, stats, warp,
                                         source=f"layer {layer}" if layer else "no draft (plain step)",
-                                        title="Early-exit draft chain",
+                                        title="Early-exit draft chain", q=node_q(tree, q_at),
                                         extra=lambda i: {"exit layer": float(layer),
                                                          "draft length": float(len(drafts))})):
                 return

@@ -15,16 +15,17 @@ chosen to maximise expected tokens per second: (1 + sum of node acceptance estim
 from __future__ import annotations
 
 import heapq
-import time
 import weakref
 
 import torch
 
 from playground.events import StatsEvent
 
-from .base import Param, Strategy
+from ..base import Param
 from .cost_model import CostModel, best_size, cost_model_for
-from .tree_attention import AcceptanceStats, DraftTree, commit_first, greedy_accept, greedy_round, verify_tree
+from .loop import Draft, SpeculationLoop
+from .rounds import PlainStepNotice
+from .tree import DraftTree
 
 BUDGETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round (0: a plain greedy step)
 MAX_DEPTH = 8
@@ -116,13 +117,13 @@ def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, 
     matrix[torch.tensor(list(last.keys()))] = logits[idx].topk(matrix.shape[1], -1).indices
 
 
-class TokenRecycling(Strategy):
+class TokenRecycling(SpeculationLoop):
     name = "token_recycling"
     title = "Token Recycling"
     summary = ("Recycles the model's own top-k predictions into a draft tree verified in one pass; "
                "tree size tuned to this machine's measured forward cost.")
     paper = "https://arxiv.org/abs/2408.08696"
-    lossless = True
+    tree_title = "Token Recycling draft tree"
     params = (
         Param("top_k", "int", 8, 1, 16, help="Candidates remembered per token (columns of M).", step=1),
         Param("max_nodes", "int", 64, 0, 128,
@@ -135,38 +136,38 @@ class TokenRecycling(Strategy):
                    "per model, kept hot across runs as in the paper (later runs draft from earlier ones)."),
     )
 
-    def decode(self, s):
-        k, limit = self.p["top_k"], self.p["max_nodes"]
-        self.cache = cache = s.new_cache()                   # exposed for tests: committed minus the root
-        prompt_logits, _ = s.forward(s.prompt_ids, cache, last_only=False)
-        prompt_logits = prompt_logits[0]
-        vocab = prompt_logits.shape[-1]
-        # M starts as token 0 everywhere, warmed from the prompt: what the model predicted after each prompt token.
+    def prefill(self, s, cache) -> int:
+        """Cache the prompt minus its last token and warm M from it: what the model predicted after each."""
+        k = self.p["top_k"]
         shared = self.p["matrix"] == "shared"
-        self.matrix = matrix = shared_matrix(s.model, vocab, k) if shared else torch.zeros(vocab, k, dtype=torch.long)
-        refresh_rows(matrix, s.prompt_ids, prompt_logits)
-        root = yield from commit_first(s, prompt_logits[-1])
+        vocab = s.model.get_output_embeddings().weight.shape[0]
+        # M starts as token 0 everywhere (per run), or is the model's hot shared matrix.
+        self.matrix = shared_matrix(s.model, vocab, k) if shared else torch.zeros(vocab, k, dtype=torch.long)
+        self.hits = shared_rank_hits(s.model, k) if shared else RankHits(k)
+        self.costs, self.notice = cost_model_for(s.model), PlainStepNotice()
+        if len(s.prompt_ids) > 1:
+            logits, _ = s.forward(s.prompt_ids[:-1], cache, last_only=False)
+            refresh_rows(self.matrix, s.prompt_ids[:-1], logits[0])
+        return s.prompt_ids[-1]
 
-        hits = shared_rank_hits(s.model, k) if shared else RankHits(k)
-        costs, stats, step = cost_model_for(s.model), AcceptanceStats(), 0
-        while root is not None:
-            positions, values = best_first_template(hits.rates(), limit)
-            budget = choose_budget(values, costs, limit) if self.p["adaptive"] and limit else limit
-            tree = grow_tree(root, matrix, positions[:budget])
-            past_len = cache.get_seq_length()
-            start = time.perf_counter()
-            logits = verify_tree(s, tree, cache)
-            costs.record(len(tree), time.perf_counter() - start)
-            path = greedy_accept(tree, logits)
-            tokens = torch.tensor(tree.tokens)
-            hits.record(matrix[tokens[path]], logits[path].argmax(-1))
-            # The accepted path is the real context: its rows are written last, so they win over a
-            # rejected node holding the same token (whose context never happened).
-            on_path = set(path)
-            refresh_rows(matrix, tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
-            _, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
-                                              source=f"recycled top-{k} (tree of {len(tree) - 1})",
-                                              title="Token Recycling draft tree")
-            yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
-                              "rank-1 hit rate": hits.rates()[0], "warm rows of M": int(matrix[:, 0].count_nonzero())})
-            step += 1
+    def grow(self, s, root, room, warp, generator):
+        limit = self.p["max_nodes"]
+        positions, values = best_first_template(self.hits.rates(), limit)
+        budget = choose_budget(values, self.costs, limit) if self.p["adaptive"] and limit else limit
+        tree = grow_tree(root, self.matrix, positions[:budget])
+        return Draft(tree, source=f"recycled top-{self.p['top_k']} (tree of {len(tree) - 1})",
+                     context=(budget, values))
+
+    def after_round(self, s, draft, logits, verdict, seconds):
+        tree, (budget, values) = draft.tree, draft.context
+        self.costs.record(len(tree), seconds)
+        path = verdict.path
+        self.hits.record(self.matrix[torch.tensor(tree.tokens)[path]], logits[path].argmax(-1))
+        # The accepted path is the real context: its rows are written last, so they win over a
+        # rejected node holding the same token (whose context never happened).
+        on_path = set(path)
+        refresh_rows(self.matrix, tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
+        yield from self.notice.update(self.p["adaptive"] and self.p["max_nodes"] > 0 and budget == 0)
+        yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
+                          "rank-1 hit rate": self.hits.rates()[0],
+                          "warm rows of M": int(self.matrix[:, 0].count_nonzero())})

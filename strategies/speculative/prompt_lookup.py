@@ -15,13 +15,13 @@ match in free text is usually cut to 1-3 tokens, and a long copy of the prompt i
 
 from __future__ import annotations
 
-import time
-
 from playground.events import StatsEvent
 
-from .base import Param, Strategy
+from ..base import Param
 from .cost_model import best_size, cost_model_for
-from .tree_attention import AcceptanceStats, DraftTree, commit_first, greedy_round, verify_tree
+from .loop import Draft, SpeculationLoop
+from .rounds import PlainStepNotice
+from .tree import DraftTree
 
 
 def lookup(ids: list[int], max_ngram: int, num_tokens: int) -> tuple[list[int], int]:
@@ -52,12 +52,12 @@ class CopyRate:
         return [sum(self.value ** i for i in range(1, k + 1)) for k in range(most + 1)]
 
 
-class PromptLookup(Strategy):
+class PromptLookup(SpeculationLoop):
     name = "prompt_lookup"
     title = "Prompt lookup decoding"
     summary = "Drafts copied from earlier in the context after a matching n-gram; verified in one pass."
     paper = "https://github.com/apoorvumang/prompt-lookup-decoding"
-    lossless = True
+    tree_title = "Prompt lookup draft"
     params = (
         Param("max_ngram", "int", 2, 1, 8, help="Longest trailing n-gram searched for in the context.", step=1),
         Param("num_tokens", "int", 10, 1, 32, help="Most draft tokens copied after a match.", step=1),
@@ -66,30 +66,32 @@ class PromptLookup(Strategy):
                    "and acceptance); fixed: always all of them, as transformers does."),
     )
 
-    def decode(self, s):
-        self.cache = cache = s.new_cache()                 # exposed for tests: committed minus the root
-        root = yield from commit_first(s, s.prefill(cache))
-        stats, step = AcceptanceStats(), 0
-        costs, rate = cost_model_for(s.model), CopyRate()
-        measured = self.p["draft_length"] == "measured"
-        while root is not None:
-            draft, source = lookup(s.prompt_ids + s.output_ids, self.p["max_ngram"], self.p["num_tokens"])
-            draft = draft[:next((i for i, t in enumerate(draft) if s.is_eos(t)), len(draft))]
-            copied = len(draft)
-            if measured and draft:
-                draft = draft[:best_size(rate.gains(len(draft)), costs, list(range(len(draft) + 1)))]
-            tree = DraftTree.rooted(root)
-            for token in draft:                               # a chain: each token under the previous
-                tree.add(len(tree) - 1, token)
-            past_len = cache.get_seq_length()
-            start = time.perf_counter()
-            logits = verify_tree(s, tree, cache)
-            costs.record(len(tree), time.perf_counter() - start)
-            where = f"copied from context position {source}" if copied else "no n-gram match"
-            path, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
-                                                 source=f"prompt lookup ({where})", title="Prompt lookup draft")
-            if draft:
-                rate.record(len(draft), len(path) - 1)
-            yield StatsEvent({"copied tokens": copied, "proposed tokens": len(draft),
-                              "copy acceptance (recent)": rate.value})
-            step += 1
+    def prefill(self, s, cache) -> int:
+        self.costs, self.rate, self.notice = cost_model_for(s.model), CopyRate(), PlainStepNotice()
+        return super().prefill(s, cache)
+
+    def grow(self, s, root, room, warp, generator):
+        draft, source = lookup(s.prompt_ids + s.output_ids, self.p["max_ngram"], min(self.p["num_tokens"], room))
+        draft = draft[:next((i for i, t in enumerate(draft) if s.is_eos(t)), len(draft))]
+        copy, copied = list(draft), len(draft)
+        if self.p["draft_length"] == "measured" and draft:
+            draft = draft[:best_size(self.rate.gains(len(draft)), self.costs, list(range(len(draft) + 1)))]
+        tree = DraftTree.rooted(root)
+        for token in draft:                               # a chain: each token under the previous
+            tree.add(len(tree) - 1, token)
+        where = f"copied from context position {source}" if copied else "no n-gram match"
+        return Draft(tree, source=f"prompt lookup ({where})", context=copy)
+
+    def after_round(self, s, draft, logits, verdict, seconds):
+        copy, proposed = draft.context, len(draft.tree) - 1
+        copied = len(copy)
+        self.costs.record(len(draft.tree), seconds)
+        if proposed:
+            self.rate.record(proposed, verdict.accepted)
+        elif copy:
+            # Not proposed, but the target's own token says whether the copy's first token was right:
+            # the rate keeps learning, so a run that stopped copying can start again.
+            self.rate.record(1, int(copy[0] == verdict.next_token))
+        yield from self.notice.update(copied > 0 and proposed == 0)
+        yield StatsEvent({"copied tokens": copied, "proposed tokens": proposed,
+                          "copy acceptance (recent)": self.rate.value})

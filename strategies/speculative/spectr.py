@@ -10,26 +10,27 @@ K-SEQ residual gives the round's final token; at the end of the drafts, a bonus 
 
 Greedy mode (temperature 0): the k sequences are sampled from the untempered draft (so they differ)
 and the longest path the target's argmax agrees with is kept: the output equals plain greedy.
-Draft cache handling as in rsd.py (committed minus the root; one draft pass per depth).
+One draft pass per depth (drafters.DraftCache).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..base import Param
 from . import acceptance
-from .base import Param
-from .rsd import SampledTreeSpeculation, feed_level
-from .speculative import Verdict, probabilities, sampling_params
-from .tree_attention import DraftTree, greedy_accept
+from .loop import Draft, SpeculationLoop
+from .tree import DraftTree
+from .verify import Verdict, greedy_verdict, probabilities, sampling_params
 
 
-class SpecTr(SampledTreeSpeculation):
+class SpecTr(SpeculationLoop):
     name = "spectr"
     title = "SpecTr (k drafts, K-SEQ selection)"
     summary = ("k independent draft sequences merged into a trie and verified in one pass; at each depth "
                "k-sequential selection picks a surviving candidate. Exact target distribution.")
     paper = "https://arxiv.org/abs/2310.15141"
+    needs_draft = True
     params = (
         Param("num_drafts", "int", 4, 1, 16, help="k: independent draft sequences per round.", step=1),
         Param("draft_length", "int", 4, 1, 16, help="L: tokens per draft sequence.", step=1),
@@ -39,31 +40,29 @@ class SpecTr(SampledTreeSpeculation):
     def tree_title(self) -> str:
         return f"SpecTr trie of {self.p['num_drafts']} drafts"
 
-    def grow(self, s, draft_cache, root: int, room: int, warp, generator):
-        """k i.i.d. sequences as a trie, one draft pass per depth. Returns the trie, each expanded
-        node's draft distribution, the fed count, and every sequence's node path (root first)."""
-        tree, q_at, fed = DraftTree.rooted(root), {}, 0
+    def grow(self, s, root, room, warp, generator):
+        """k i.i.d. sequences as a trie, one draft pass per depth; the context: every sequence's node
+        path (root first)."""
+        tree, q_at = DraftTree.rooted(root), {}
         sequences = [[0] for _ in range(self.p["num_drafts"])]
         for _ in range(min(self.p["draft_length"], room)):
-            level, fed = feed_level(s, tree, draft_cache, fed, warp)
-            q_at.update(level)
+            q_at.update(self.drafts.next_level(tree, warp))
             for seq in sequences:
                 node = seq[-1]
                 token = int(acceptance.sample(q_at[node][None], generator))
                 child = tree.child_with_token(node, token)
                 seq.append(child if child is not None else tree.add(node, token))
-        return tree, q_at, fed, sequences
+        return Draft(tree, q_at, context=sequences)
 
-    def accept(self, tree, logits, q_at, sequences, warp, generator) -> Verdict:
-        return self.verify(tree, logits, q_at, sequences, warp, generator)
+    def accept(self, draft, logits, warp, generator) -> Verdict:
+        return self.verify(draft.tree, logits, draft.q_at, draft.context, warp, generator)
 
     @staticmethod
     def verify(tree: DraftTree, logits: torch.Tensor, q_at: dict[int, torch.Tensor], sequences: list[list[int]],
                warp, generator: torch.Generator) -> Verdict:
         """Greedy: longest argmax-matching path. Sampling: K-SEQ among the surviving sequences, depth by depth."""
         if warp is None:
-            path = greedy_accept(tree, logits)
-            return Verdict(path, int(logits[path[-1]].argmax()))
+            return greedy_verdict(tree, logits)
         p = probabilities(logits, warp)
         node, depth, alive = 0, 0, sequences
         while True:

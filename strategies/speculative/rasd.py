@@ -13,13 +13,13 @@ that shares its prefix, so shared prefixes are verified once. Every node remembe
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from playground.events import StatsEvent
 
-from .base import Param, Strategy
-from .dyspec import grow_draft_tree, keep_draft_path
-from .tree_attention import AcceptanceStats, DraftTree, commit_first, greedy_round, verify_tree
+from ..base import Param
+from .drafters import best_first_tree
+from .loop import Draft, SpeculationLoop
+from .tree import DraftTree
 
 
 def retrieve(ids: list[int], max_ngram: int, length: int, paths: int) -> list[list[int]]:
@@ -67,14 +67,14 @@ def graft_point(tree: DraftTree, sequence: list[int]) -> tuple[int, int]:
     return node, i
 
 
-class RASD(Strategy):
+class RASD(SpeculationLoop):
     name = "rasd"
     title = "RASD (retrieval + draft tree)"
     summary = ("Prompt-lookup retrieval fused with a draft-model tree by longest-prefix matching, "
                "verified in one pass.")
     paper = "https://arxiv.org/abs/2503.03434"
-    lossless = True
     needs_draft = True
+    tree_title = "RASD fused tree"
     params = (
         Param("budget", "int", 8, 1, 128, help="Draft-model nodes per round.", step=1),
         Param("width", "int", 4, 1, 32, help="Draft-model nodes added per draft pass.", step=1),
@@ -88,40 +88,33 @@ class RASD(Strategy):
                    "(checked where the draft ran at the graft node).", step=0.01),
     )
 
-    def decode(self, s):
+    def prefill(self, s, cache) -> int:
+        self.by_source = {"model": [0, 0], "retrieval": [0, 0], "both": [0, 0]}   # [drafted, accepted]
+        return super().prefill(s, cache)
+
+    def grow(self, s, root, room, warp, generator):
         p = self.p
-        self.cache = cache = s.new_cache()                          # exposed for tests: committed minus the root
-        self.draft_cache = draft_cache = DynamicCache(config=s.draft_model.config)
-        root = yield from commit_first(s, s.prefill(cache))
-        lag, stats, step = list(s.prompt_ids), AcceptanceStats(), 0
-        by_source = {"model": [0, 0], "retrieval": [0, 0], "both": [0, 0]}   # [drafted, accepted]
-        while root is not None:
-            grown = grow_draft_tree(s, root, lag, draft_cache, p["budget"], p["width"], p["branching"],
-                                    p["max_depth"])
-            tree, model_nodes = grown.tree, len(grown.tree)
-            origin = ["root"] + ["model"] * (model_nodes - 1)
-            retrieved = retrieve(s.prompt_ids + s.output_ids, p["max_ngram"], p["retrieval_tokens"],
-                                 p["retrieval_paths"])
-            for sequence in retrieved:
-                node, matched = graft_point(tree, sequence)
-                if matched < len(sequence) and node < grown.fed and p["prune_below"] > 0:
-                    q = torch.softmax(grown.draft_logits[node].double(), -1)[sequence[matched]]
-                    if float(q) < p["prune_below"]:
-                        continue
-                fuse(tree, origin, sequence)
-            past_len = cache.get_seq_length()
-            logits = verify_tree(s, tree, cache)
-            draft_q = grown.q + [None] * (len(tree) - model_nodes)       # retrieved nodes have no draft q
-            labels = [origin[i] + (f" q={draft_q[i]:.2f}" if draft_q[i] is not None and i else "")
-                      for i in range(len(tree))]
-            path, root = yield from greedy_round(s, tree, logits, cache, past_len, step, stats,
-                                                 source=f"draft model + {len(retrieved)} retrieved",
-                                                 labels=labels, title="RASD fused tree")
-            for i in range(1, len(tree)):
-                by_source[origin[i]][0] += 1
-            for i in path[1:]:
-                by_source[origin[i]][1] += 1
-            yield StatsEvent({f"{src} acceptance": acc / drafted
-                              for src, (drafted, acc) in by_source.items() if drafted})
-            lag = keep_draft_path(draft_cache, past_len, tree, grown.fed, path)
-            step += 1
+        tree, q, _, draft_logits = best_first_tree(s, self.drafts, root, p["budget"], p["width"], p["branching"],
+                                                   min(p["max_depth"], room))
+        model_nodes = len(tree)
+        origin = ["root"] + ["model"] * (model_nodes - 1)
+        retrieved = retrieve(s.prompt_ids + s.output_ids, p["max_ngram"], min(p["retrieval_tokens"], room),
+                             p["retrieval_paths"])
+        for sequence in retrieved:
+            node, matched = graft_point(tree, sequence)
+            if matched < len(sequence) and node < len(draft_logits) and p["prune_below"] > 0:
+                q_x = torch.softmax(draft_logits[node].double(), -1)[sequence[matched]]
+                if float(q_x) < p["prune_below"]:
+                    continue
+            fuse(tree, origin, sequence)
+        q = q + [None] * (len(tree) - model_nodes)                   # retrieved nodes have no draft q
+        return Draft(tree, q=q, labels=origin, source=f"draft model + {len(retrieved)} retrieved", context=origin)
+
+    def after_round(self, s, draft, logits, verdict, seconds):
+        origin = draft.context
+        for i in range(1, len(draft.tree)):
+            self.by_source[origin[i]][0] += 1
+        for i in verdict.path[1:]:
+            self.by_source[origin[i]][1] += 1
+        yield StatsEvent({f"{src} acceptance": acc / drafted
+                          for src, (drafted, acc) in self.by_source.items() if drafted})

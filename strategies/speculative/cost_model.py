@@ -102,7 +102,7 @@ def warm_up(session, sizes=range(1, 17), prefix: int = 32) -> CostModel:
     """Run and time one pass of each size on a short prefix, so that a fresh process's first
     runs neither pay for first-call kernel setup (each new shape's first matmul is slow) nor
     spend their rounds trying sizes: every size is passed twice and the second is recorded."""
-    from .tree_attention import keep_prefix
+    from .tree import keep_prefix
 
     costs = cost_model_for(session.model)
     cache = session.new_cache()

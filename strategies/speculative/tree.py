@@ -1,6 +1,6 @@
 """Tree attention: verify a whole draft tree in ONE forward pass on top of the KV cache.
 
-Shared machinery for every tree-speculative method (Token Recycling, DySpec, RASD, RSD, SpecTr).
+Shared machinery of the speculative family: every method's draft, a chain included, is a DraftTree.
 The recipe (ALGORITHMS.md section 0, checked on transformers 5.24):
 
 - the cache holds the committed prefix *minus* the root: node 0 of a tree is the last committed
@@ -25,14 +25,10 @@ Typical round (greedy):
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-
-from playground.events import StatsEvent, TreeEvent, TreeNode, VerifyEvent
 
 
 @dataclass
@@ -166,104 +162,3 @@ def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> list[int]:
         if child is None:
             return path
         path.append(child)
-
-
-# --- one greedy verification round, as events ------------------------------------------------
-# Every greedy tree method ends its round the same way: accept the longest matching path, add the
-# target's own next token (the bonus), commit them up to EOS / the length limit, roll the cache back
-# to "committed minus the new root", and show the tree. These helpers do exactly that.
-
-
-@dataclass
-class AcceptanceStats:
-    """Running numbers of a speculative run (shown in the StatsEvent after every round)."""
-
-    rounds: int = 0
-    drafted: int = 0
-    accepted: int = 0
-    emitted: int = 0
-
-    def update(self, drafted: int, accepted: int, emitted: int) -> StatsEvent:
-        self.rounds += 1
-        self.drafted += drafted
-        self.accepted += accepted
-        self.emitted += emitted
-        return StatsEvent({
-            "verification rounds": self.rounds,
-            "mean accepted tokens": self.emitted / self.rounds,
-            "acceptance rate": self.accepted / self.drafted if self.drafted else 0.0,
-            "draft tokens per round": self.drafted / self.rounds,
-        })
-
-
-def tokens_to_commit(session, proposed: list[int]) -> int:
-    """How many of `proposed` may be committed: up to and including the first EOS, within room."""
-    room = session.max_new_tokens - len(session.output_ids)
-    for i, token in enumerate(proposed[:room]):
-        if session.is_eos(token):
-            return i + 1
-    return min(len(proposed), room)
-
-
-def commit_first(session, logits: torch.Tensor):
-    """Commit the prompt pass's argmax (it needs no draft) and return it as the first round's root,
-    or None when it already ends the run. Use: root = yield from commit_first(s, s.prefill(cache))."""
-    root = int(logits.argmax())
-    yield session.commit(root, logits)
-    return None if session.is_eos(root) or not session.room() else root
-
-
-def greedy_round(session, tree: DraftTree, logits: torch.Tensor, cache, past_len: int, step: int,
-                 stats: AcceptanceStats, source: str = "", scores: list[float] | None = None,
-                 labels: list[str] | None = None, title: str = "Draft tree"):
-    """Finish a greedy round after `verify_tree`: yields TreeEvent, VerifyEvent, the committed
-    TokenEvents and a StatsEvent; leaves the cache at committed minus the new root. Returns the path
-    of committed tree nodes (root first) and the new root token, or None when the run is over.
-    `scores`: per-node draft probability q (shown as the node score); `labels`: extra hover text."""
-    path = greedy_accept(tree, logits)
-    bonus = int(logits[path[-1]].argmax())
-    proposed = [tree.tokens[n] for n in path[1:]] + [bonus]
-    count = tokens_to_commit(session, proposed)
-    keep_path(cache, past_len, path[:count])            # the last committed token stays out: next root
-
-    yield tree_event(session, tree, logits, path, count, step, scores, labels, title)
-    depth = tree.max_depth()
-    yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=len(path) - 1, emitted=count,
-                      depth_accepted=[len(path) - 1 >= d for d in range(1, depth + 1)], source=source)
-    for i in range(count):                               # token i was predicted at node path[i]
-        yield session.commit(proposed[i], logits[path[i]])
-    yield stats.update(len(tree) - 1, len(path) - 1, count)
-    last = proposed[count - 1]
-    done = session.is_eos(last) or not session.room()
-    return path[:count], None if done else last
-
-
-def tree_event(session, tree: DraftTree, logits: torch.Tensor, path: list[int], count: int, step: int,
-               scores: list[float] | None, labels: list[str] | None, title: str) -> TreeEvent:
-    """The round's tree: accepted path (committed part), rejected nodes, and the bonus token.
-    Each node shows p, the target's probability of its token after its parent."""
-    parents = torch.tensor([max(p, 0) for p in tree.parents])
-    tokens = torch.tensor(tree.tokens)
-    lse = torch.logsumexp(logits.float(), -1)            # display precision; float64 of (n, V) costs ms here
-    logp_node = (logits[parents, tokens].float() - lse[parents]).tolist()
-    p = [math.exp(v) for v in logp_node]
-    committed = set(path[:count])
-    nodes = []
-    for i, token in enumerate(tree.tokens):
-        status = "accepted" if i in committed else ("pruned" if i in path else "rejected")
-        q = scores[i] if scores is not None else None
-        label = f"p={p[i]:.2f}" + (f" q={q:.2f}" if q is not None else "") + (f" {labels[i]}" if labels else "")
-        nodes.append(TreeNode(id=i, parent=tree.parents[i] if i else None, token_id=token,
-                              text=session.token_text(token), score=q if q is not None else (1.0 if i == 0 else p[i]),
-                              logprob=None if i == 0 else logp_node[i],
-                              status="accepted" if i == 0 else status, label="root" if i == 0 else label,
-                              draft_prob=None if i == 0 else q))
-    chosen = path[count - 1]
-    if count == len(path):                               # the target's own token after the accepted path
-        bonus = int(logits[path[-1]].argmax())
-        logp_bonus = float(logits[path[-1], bonus].float() - lse[path[-1]])
-        nodes.append(TreeNode(id=len(tree), parent=path[-1], token_id=bonus, text=session.token_text(bonus),
-                              score=math.exp(logp_bonus), logprob=logp_bonus, status="bonus",
-                              label=f"p={math.exp(logp_bonus):.2f}"))
-        chosen = len(tree)
-    return TreeEvent(step=step, nodes=nodes, title=title, reset=True, chosen=chosen)

@@ -10,7 +10,7 @@ Why recursive rejection sampling stays exact: at one node, the children ordered 
 perturbed values are a sample without replacement from q (Gumbel-top-k), and which of them
 survive is decided by their VALUES (against the other beams' values), which for Gumbels are
 independent of WHICH token holds them. So a surviving next sibling is distributed as "q without
-the earlier ones", the law RRS assumes (rsd.py), however many survive.
+the earlier ones", the law RRS assumes (verify.py), however many survive.
 
 Greedy mode (temperature 0): plain beam search of the draft (top-W by path log-probability), and
 the longest path the target's argmax agrees with; the output equals greedy.
@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import Param
-from .rsd import RecursiveSpeculative, feed_level
-from .speculative import sampling_params
-from .tree_attention import DraftTree
+from ..base import Param
+from .loop import Draft
+from .rsd import RecursiveSpeculative
+from .tree import DraftTree
+from .verify import sampling_params
 
 
 def conditioned_gumbels(log_probs: torch.Tensor, parent_value: float, generator: torch.Generator) -> torch.Tensor:
@@ -45,15 +46,15 @@ class StochasticBeamRSD(RecursiveSpeculative):
     params = (Param("beam_width", "int", 3, 1, 16, help="Sequences kept at every draft depth (W).", step=1),
               Param("draft_depth", "int", 3, 1, 8, help="Draft depth (L).", step=1)) + sampling_params()
 
-    def grow(self, s, draft_cache, root: int, room: int, warp, generator):
+    def grow(self, s, root, room, warp, generator):
         """Level by level: each surviving prefix proposes its children (sampling: top-down Gumbels; greedy:
         path log-probabilities) and the W largest over all prefixes survive, added in decreasing
         value, so each node's children appear in without-replacement order."""
-        tree, q_at, fed = DraftTree.rooted(root), {}, 0
+        tree, q_at = DraftTree.rooted(root), {}
         beams = {0: (0.0, 0.0)}                          # node -> (perturbed value, path log-probability)
         width = self.p["beam_width"]
         for _ in range(min(self.p["draft_depth"], room)):
-            level, fed = feed_level(s, tree, draft_cache, fed, warp)
+            level = self.drafts.next_level(tree, warp)
             q_at.update(level)
             candidates = []                              # (value, node, token, path log-probability)
             for node, (value, path_logp) in beams.items():
@@ -70,4 +71,4 @@ class StochasticBeamRSD(RecursiveSpeculative):
             if not kept:
                 break
             beams = {tree.add(node, token): (v, logp) for v, node, token, logp in kept}
-        return tree, q_at, fed, None
+        return Draft(tree, q_at)

@@ -19,40 +19,9 @@ by that missing tail otherwise.
 
 from __future__ import annotations
 
-import torch
-
+from ..base import InvalidParameter, Param, Strategy
 from . import warpers
-from .base import InvalidParameter, Param, Strategy
-
-
-def top_h_keep(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "released"):
-    """Kept-set size and the numbers behind it for one distribution (logits already tempered).
-
-    Returns (kept, budget, kept_entropy, kept_mass) with entropies in nats.
-    """
-    probs = torch.softmax(logits.double(), -1)
-    top = torch.topk(probs, min(top_n, probs.shape[-1])).values          # sorted, descending
-    terms = -torch.special.xlogy(top, top)                              # 0 log 0 = 0, no NaN
-    partial = terms.cumsum(-1)                                          # unnormalised H of 0..k
-    mass = top.cumsum(-1)
-    if criterion == "released":
-        budget = alpha * partial[-1]
-        measured = partial
-    else:
-        budget = alpha * float(-(torch.special.xlogy(probs, probs)).sum())
-        measured = partial / mass + torch.log(mass)                     # H(q) of the renormalised prefix
-    over = (measured > budget) | (top <= 0)                              # zero-mass tokens never join
-    over[0] = False                                                     # the top token always stays
-    # The set is a prefix: stop at the first token that breaks the budget.
-    kept = int(over.long().cumsum(-1).eq(0).sum())
-    return kept, float(budget), float(measured[kept - 1]), float(mass[kept - 1])
-
-
-def top_h_filter(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "released") -> torch.Tensor:
-    kept, *_ = top_h_keep(logits, alpha, top_n, criterion)
-    keep = torch.zeros_like(logits, dtype=torch.bool)
-    keep[torch.topk(logits, kept).indices] = True                 # the kept set is a prefix of the sorted order
-    return logits.masked_fill(~keep, warpers.NEG_INF)
+from .warpers import TOP_H_CRITERIA, top_h_keep
 
 
 class TopH(Strategy):
@@ -64,7 +33,7 @@ class TopH(Strategy):
         Param("alpha", "float", 0.4, 0.01, 1.0, help="Entropy budget coefficient in (0, 1]; paper suggests 0.3-0.5.", step=0.01),
         Param("temperature", "float", 1.0, 0.05, 5.0, help="Applied once, before the entropies (paper's scripts use 2.0).", step=0.05),
         Param("top_n", "int", 100, 1, 1000, help="Only the n most probable tokens are candidates.", step=1),
-        Param("criterion", "choice", "released", choices=("released", "normalized"),
+        Param("criterion", "choice", "released", choices=TOP_H_CRITERIA,
               help="released: the authors' code and transformers' rule; normalized: H(q) <= alpha H(p)."),
     )
 
@@ -79,7 +48,7 @@ class TopH(Strategy):
         while True:
             tempered = warpers.temperature(logits.double(), self.p["temperature"])
             kept, budget, kept_h, kept_mass = top_h_keep(tempered, alpha, top_n, criterion)
-            warped = top_h_filter(tempered, alpha, top_n, criterion)
+            warped = warpers.top_h(tempered, alpha, top_n, criterion)
             token = s.sample(warped)
             extra = {"budget (nats)": budget, "kept-set entropy (nats)": kept_h, "kept mass": kept_mass}
             yield s.commit(token, logits, kept=kept, sampled_prob=float(warped.softmax(-1)[token]), extra=extra)

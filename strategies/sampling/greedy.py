@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Strategy
+from ..base import Strategy
 
 
 class Greedy(Strategy):
@@ -10,6 +10,9 @@ class Greedy(Strategy):
     title = "Greedy"
     summary = "Argmax at every step; deterministic, the baseline for lossless methods."
     lossless = True
+
+    def is_lossless(self) -> bool:
+        return False            # the reference itself: nothing to be lossless against
 
     def decode(self, s):
         cache = s.new_cache()

@@ -1,0 +1,1 @@
+"""The search family: methods that keep several hypotheses and pick among them (beam search)."""

@@ -1,0 +1,100 @@
+"""The one round loop of the speculative family.
+
+Every round: draft (`grow`), score the whole draft in ONE target pass (tree attention), judge it
+(`accept`: greedy or the method's acceptance rule), keep the committed rows in the target's and the
+draft's caches, and emit the round's events. A method says only how it drafts, how it judges, and
+what it learns after a round (`after_round`); nothing else differs between methods.
+
+The first round speculates straight from the prompt: the prompt minus its last token is cached, and
+that last token is the first root, so even the first token comes from a verified round.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from playground.events import Event
+
+from ..base import Strategy
+from .drafters import DraftCache
+from .rounds import AcceptanceStats, committed_count, node_q, prefill_all_but_last, round_events
+from .tree import DraftTree, keep_path, verify_tree
+from .verify import Verdict, check_sampling, greedy_verdict, make_warp, recursive_rejection_verdict
+
+
+@dataclass
+class Draft:
+    """One round's proposal."""
+
+    tree: DraftTree
+    q_at: dict[int, torch.Tensor] | None = None    # sampling: node -> the draft law its children came from (V,)
+    q: list[float | None] | None = None            # per node, the draft probability shown (None: not drafted)
+    labels: list[str] | None = None                # extra hover text per node
+    source: str = "draft model"
+    context: Any = None                            # whatever the method's accept / after_round need
+
+
+class SpeculationLoop(Strategy):
+    lossless = True
+    tree_title = "Draft tree"
+
+    def check(self):
+        if "temperature" in self.p:
+            check_sampling(self.p)
+
+    # --- what a method says ---------------------------------------------------------------------
+    def grow(self, s, root: int, room: int, warp, generator: torch.Generator) -> Draft:
+        """This round's draft below `root`; room: the deepest draft position that can still be committed."""
+        raise NotImplementedError
+
+    def accept(self, draft: Draft, logits: torch.Tensor, warp, generator: torch.Generator) -> Verdict:
+        """Default: greedy, or recursive rejection sampling for siblings drawn without replacement."""
+        if warp is None:
+            return greedy_verdict(draft.tree, logits)
+        return recursive_rejection_verdict(draft.tree, logits, draft.q_at, warp, generator)
+
+    def after_round(self, s, draft: Draft, logits: torch.Tensor, verdict: Verdict,
+                    seconds: float) -> Iterator[Event]:
+        """Learn from the round (cost models, acceptance statistics); may yield events."""
+        return iter(())
+
+    def prefill(self, s, cache) -> int:
+        """Cache the prompt minus its last token; return that token, the first root."""
+        return prefill_all_but_last(s, cache)
+
+    # --- the loop --------------------------------------------------------------------------------
+    @property
+    def draft_cache(self):
+        """The draft model's KV cache (tests check it holds exactly the committed rows)."""
+        return self.drafts.cache
+
+    def decode(self, s):
+        warp = make_warp(self.p) if "temperature" in self.p else None
+        draft_gen = s.spawn_generator()                  # draft draws never shift the target's acceptance draws
+        self.cache = cache = s.new_cache()               # exposed for tests: committed minus the root
+        root = self.prefill(s, cache)
+        self.drafts = DraftCache(s, s.prompt_ids[:-1]) if self.needs_draft else None
+        stats, step = AcceptanceStats(), 0
+        while True:
+            room = s.max_new_tokens - len(s.output_ids) - 1
+            draft = self.grow(s, root, room, warp, draft_gen)
+            past_len = cache.get_seq_length()
+            start = time.perf_counter()
+            logits = verify_tree(s, draft.tree, cache)
+            seconds = time.perf_counter() - start
+            verdict = self.accept(draft, logits, warp, s.generator)
+            path = verdict.path[:committed_count(s, draft.tree, verdict)]
+            keep_path(cache, past_len, path)             # the last committed token stays out: the next root
+            if self.drafts:
+                self.drafts.keep(draft.tree, path)
+            done = yield from round_events(s, draft.tree, logits, verdict, step, stats, warp, source=draft.source,
+                                           title=self.tree_title, q=draft.q or node_q(draft.tree, draft.q_at),
+                                           labels=draft.labels)
+            yield from self.after_round(s, draft, logits, verdict, seconds)
+            if done:
+                return
+            root, step = s.output_ids[-1], step + 1

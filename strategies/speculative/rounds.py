@@ -1,0 +1,161 @@
+"""One verification round as events, the same for every speculative method, greedy or sampling.
+
+After the target has scored a tree and a verifier has given its Verdict, `round_events` yields:
+the TreeEvent (root, drafts accepted / cut / rejected, the target's own token), the VerifyEvent
+(drafted, accepted, emitted, per-depth acceptance, the rejection with the residual drawn from),
+the committed TokenEvents and a StatsEvent. Tokens are committed up to the first EOS and within
+the length limit; drafts on the accepted path beyond that are shown as "pruned" (cut).
+
+Node probabilities are shown in float64 from the same (warped, in sampling mode) distribution
+the verifier judged, computed only on the rows the tree uses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from playground.events import NoticeEvent, StatsEvent, TreeEvent, TreeNode, VerifyEvent
+
+from . import acceptance
+from .tree import DraftTree
+from .verify import Verdict, probabilities
+
+REJECTION_TOP = 10
+PLAIN_STEPS = "drafts do not pay on this machine now: plain steps (one token per target pass)"
+
+
+@dataclass
+class AcceptanceStats:
+    """Running numbers of a speculative run (shown in the StatsEvent after every round)."""
+
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    emitted: int = 0
+    drafting_rounds: int = 0
+
+    def update(self, drafted: int, accepted: int, emitted: int) -> StatsEvent:
+        self.rounds += 1
+        self.drafting_rounds += drafted > 0
+        self.drafted += drafted
+        self.accepted += accepted
+        self.emitted += emitted
+        values = {"verification rounds": self.rounds, "rounds that drafted": self.drafting_rounds,
+                  "mean accepted tokens": self.emitted / self.rounds,
+                  "draft tokens per round": self.drafted / self.rounds}
+        if self.drafted:                                  # no rate from nothing
+            values["acceptance rate"] = self.accepted / self.drafted
+        return StatsEvent(values)
+
+
+class PlainStepNotice:
+    """Says when an adaptive method's cost model stops drafting (and withdraws it when drafting resumes),
+    so a run of plain steps is never mistaken for speculation."""
+
+    def __init__(self):
+        self.plain = False
+
+    def update(self, plain: bool, why: str = PLAIN_STEPS):
+        """Yields a NoticeEvent when the state changes."""
+        if plain != self.plain:
+            self.plain = plain
+            yield NoticeEvent("drafting", why if plain else "drafting again", active=plain)
+
+
+def prefill_all_but_last(session, cache) -> int:
+    """Cache the prompt minus its last token, which becomes the first round's root."""
+    if len(session.prompt_ids) > 1:
+        session.forward(session.prompt_ids[:-1], cache)
+    return session.prompt_ids[-1]
+
+
+def tokens_to_commit(session, proposed: list[int]) -> int:
+    """How many of `proposed` may be committed: up to and including the first EOS, within room."""
+    room = session.max_new_tokens - len(session.output_ids)
+    for i, token in enumerate(proposed[:room]):
+        if session.is_eos(token):
+            return i + 1
+    return min(len(proposed), room)
+
+
+def committed_count(session, tree: DraftTree, verdict: Verdict) -> int:
+    return tokens_to_commit(session, verdict.proposed(tree))
+
+
+def node_q(tree: DraftTree, q_at: dict[int, torch.Tensor] | None) -> list[float | None]:
+    """Each node's draft probability given its parent, where the draft gave one (root: None)."""
+    q_at = q_at or {}
+    return [None] + [float(q_at[p][t]) if p in q_at else None for p, t in zip(tree.parents[1:], tree.tokens[1:])]
+
+
+def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdict, step: int,
+                 stats: AcceptanceStats, warp=None, *, source: str, title: str,
+                 q: list[float | None] | None = None, labels: list[str] | None = None,
+                 extra: Callable[[int], dict] | None = None):
+    """Yield the round's events; returns whether the run is over.
+
+    logits (n, V): row i is the target after node i's root path (untempered);
+    q: per node, the draft probability shown as its score; labels: extra hover text per node."""
+    proposed = verdict.proposed(tree)
+    count = tokens_to_commit(session, proposed)
+    rows = sorted(set(max(p, 0) for p in tree.parents) | set(verdict.path))
+    p = dict(zip(rows, probabilities(logits[rows], warp)))
+    yield tree_event(session, tree, p, verdict, count, step, title, q, labels)
+    rejection = rejection_record(session, verdict.rejection, verdict.accepted) if verdict.rejection else None
+    yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=verdict.accepted, emitted=count,
+                      depth_accepted=[verdict.accepted >= d for d in range(1, tree.max_depth() + 1)],
+                      rejection=rejection, source=source)
+    for i, token in enumerate(proposed[:count]):
+        node = verdict.path[i]                           # token i was predicted at node path[i]
+        fields = {"extra": {"accepted draft": float(i < verdict.accepted), **(extra(i) if extra else {})}}
+        if warp is not None:
+            warped = warp(logits[node].double())
+            fields.update(sampled_prob=float(p[node][token]), kept=int(torch.isfinite(warped).sum()))
+        yield session.commit(token, logits[node], **fields)
+    yield stats.update(len(tree) - 1, verdict.accepted, count)
+    return session.is_eos(proposed[count - 1]) or not session.room()
+
+
+def tree_event(session, tree: DraftTree, p: dict[int, torch.Tensor], verdict: Verdict, count: int, step: int,
+               title: str, q: list[float | None] | None, labels: list[str] | None) -> TreeEvent:
+    """Root, drafts (accepted / pruned: on the accepted path but cut at EOS or the length limit /
+    rejected), and the target's own token. A node's score is its draft q where known, else its p."""
+    committed, on_path = set(verdict.path[:count]), set(verdict.path)
+    nodes = [TreeNode(id=0, parent=None, token_id=tree.tokens[0], text=session.token_text(tree.tokens[0]),
+                      score=1.0, status="accepted", label="root")]
+    for i in range(1, len(tree)):
+        parent, token = tree.parents[i], tree.tokens[i]
+        p_x, q_x = float(p[parent][token]), q[i] if q else None
+        status = "accepted" if i in committed else ("pruned" if i in on_path else "rejected")
+        label = f"p={p_x:.2f}" + ("" if q_x is None else f" q={q_x:.2f}") + (f" {labels[i]}" if labels else "")
+        nodes.append(TreeNode(id=i, parent=parent, token_id=token, text=session.token_text(token),
+                              score=p_x if q_x is None else q_x, logprob=math.log(p_x) if p_x > 0 else None,
+                              status=status, label=label, draft_prob=q_x))
+    chosen = verdict.path[count - 1]
+    if count == len(verdict.path):                       # the target's own token was committed
+        last, token = verdict.path[-1], verdict.next_token
+        p_x = float(p[last][token])
+        kind = "bonus" if not tree.children(last) else "recovered"
+        chosen = len(tree)
+        nodes.append(TreeNode(id=chosen, parent=last, token_id=token, text=session.token_text(token), score=p_x,
+                              logprob=math.log(p_x) if p_x > 0 else None, status="bonus",
+                              label=f"p={p_x:.2f} ({kind})"))
+    return TreeEvent(step=step, nodes=nodes, title=title, reset=True, chosen=chosen)
+
+
+def rejection_record(session, rejection: dict, position: int, top: int = REJECTION_TOP) -> dict:
+    """The VerifyEvent.rejection dict: p, q and the residual the recovered token was drawn from, over the
+    tokens that matter there (the largest of p and q, and always the rejected draft token)."""
+    p, q, draft = rejection["p"], rejection["q"], rejection["draft"]
+    residual = rejection.get("residual")
+    residual = acceptance.residual(p, q) if residual is None else residual
+    ids = torch.topk(torch.maximum(p, q), min(top, p.shape[-1])).indices.tolist()
+    if draft not in ids:
+        ids[-1] = draft
+    return {"token_ids": ids, "texts": [session.token_text(i) for i in ids],
+            "p": [float(p[i]) for i in ids], "q": [float(q[i]) for i in ids],
+            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": position}

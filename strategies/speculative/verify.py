@@ -1,0 +1,113 @@
+"""Verifiers: what a round accepts, given the tree, the target's logits on it and how it was drafted.
+
+Glossary (as in vLLM's rejection sampler):
+- accepted tokens: draft tokens on the root path the verifier kept;
+- recovered token: the target's own token where every candidate at a node was rejected (greedy: the
+  argmax; sampling: a draw from the residual the acceptance rule left);
+- bonus token: the target's own token after an accepted leaf (nothing was drafted below it).
+A Verdict holds the accepted path and the next token (recovered or bonus); rounds.py commits them.
+
+Sampling verification warps the target p and the draft q with the SAME warper chain
+(sampling/warpers.py), so the output follows the warped target law, whatever rules are on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..base import InvalidParameter
+from ..sampling.warpers import chain_or_greedy, family_params
+from . import acceptance
+from .tree import DraftTree, greedy_accept
+
+
+# --- warping: one chain for p and q -------------------------------------------------------------
+
+def sampling_params():
+    """The whole sampling family, temperature 0 (greedy verification) by default."""
+    return family_params(temperature_default=0.0, temperature_low=0.0)
+
+
+def check_sampling(values: dict) -> None:
+    """Temperatures between 0 (greedy) and the sampling chain's lowest would fail mid-run; refuse them."""
+    if 0 < values["temperature"] < 0.05:
+        raise InvalidParameter(f"temperature must be 0 (greedy) or at least 0.05, got {values['temperature']}")
+
+
+def make_warp(values: dict):
+    """The warper chain for a method's parameter values; None in greedy mode (temperature 0)."""
+    return chain_or_greedy(values)
+
+
+def probabilities(logits: torch.Tensor, warp) -> torch.Tensor:
+    """softmax(warp(logits)) in float64; untempered softmax in greedy mode (shown as p and q)."""
+    logits = logits.double()
+    return torch.softmax(warp(logits) if warp else logits, -1)
+
+
+# --- verdicts ------------------------------------------------------------------------------------
+
+@dataclass
+class Verdict:
+    path: list[int]                  # accepted tree nodes, root (node 0) first
+    next_token: int                  # the target's own token after the path (recovered or bonus)
+    rejection: dict | None = None    # sampling: node, first draft token, p, q, and the residual drawn from
+
+    @property
+    def accepted(self) -> int:
+        return len(self.path) - 1
+
+    def proposed(self, tree: DraftTree) -> list[int]:
+        return [tree.tokens[n] for n in self.path[1:]] + [self.next_token]
+
+
+def chain_tree(root: int, drafts: list[int]) -> DraftTree:
+    """A chain is a tree: node i + 1 is draft i, under node i."""
+    return DraftTree([root] + drafts, list(range(-1, len(drafts))))
+
+
+def greedy_verdict(tree: DraftTree, logits: torch.Tensor) -> Verdict:
+    """logits (n, V) on the tree: the longest root path matching the target's argmax, then its argmax."""
+    path = greedy_accept(tree, logits)
+    return Verdict(path, int(logits[path[-1]].argmax()))
+
+
+def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor | None, warp,
+                 generator: torch.Generator) -> Verdict:
+    """target_logits (n + 1, V) after root, x_1..x_n; q (n, V) the draft distributions x_i came from.
+
+    Greedy (warp None): accept while x_i is the target's argmax, then take the argmax.
+    Sampling (Leviathan et al.): accept x_i with prob min(1, p_i(x_i) / q_i(x_i)); at the first
+    rejection draw the recovered token from norm(max(0, p_i - q_i)); if all pass, a bonus from p_{n+1}.
+    """
+    if warp is None:
+        best = target_logits.argmax(-1).tolist()
+        n = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
+        return Verdict(list(range(n + 1)), best[n])
+    p = probabilities(target_logits, warp)
+    for i, x in enumerate(drafts):
+        index, token = acceptance.speculative_accept(p[i], q[i], torch.tensor([x]), generator)
+        if int(index) < 0:
+            return Verdict(list(range(i + 1)), int(token), {"node": i, "draft": x, "p": p[i], "q": q[i]})
+    return Verdict(list(range(len(drafts) + 1)), int(acceptance.sample(p[-1:], generator)))
+
+
+def recursive_rejection_verdict(tree: DraftTree, logits: torch.Tensor, q_at: dict[int, torch.Tensor], warp,
+                                generator: torch.Generator) -> Verdict:
+    """Sampling over a tree whose siblings were drawn from q WITHOUT replacement (RSD, RSD-S, DySpec):
+    recursive rejection sampling among a node's children, from the root down.
+    logits (n, V) the target on the tree; q_at[i] (V,) the warped draft law node i's children came from."""
+    p = probabilities(logits, warp)
+    node = 0
+    while True:
+        children = tree.children(node)
+        if not children:                                   # a leaf: the bonus comes from the target itself
+            return Verdict(tree.path(node), int(acceptance.sample(p[node][None], generator)))
+        candidates = torch.tensor([tree.tokens[c] for c in children])
+        index, token = acceptance.recursive_rejection(p[node], q_at[node], candidates, generator)
+        if int(index) < 0:
+            return Verdict(tree.path(node), int(token),
+                           {"node": node, "draft": int(candidates[0]), "p": p[node], "q": q_at[node]})
+        node = children[int(index)]
