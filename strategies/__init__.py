@@ -3,7 +3,7 @@ search/, speculative/ (each with its shared machinery in its own modules)."""
 
 from __future__ import annotations
 
-from .base import InvalidParameter, Param, Strategy
+from .base import InvalidParameter, Param, StopRun, Strategy
 from .sampling.ancestral import Sampling
 from .sampling.greedy import Greedy
 from .sampling.top_h import TopH
@@ -46,4 +46,4 @@ def get_strategy(name: str) -> type[Strategy]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "get_strategy", "InvalidParameter", "Param", "Strategy", "UnknownStrategy"]
+__all__ = ["REGISTRY", "get_strategy", "InvalidParameter", "Param", "StopRun", "Strategy", "UnknownStrategy"]

@@ -17,6 +17,12 @@ class InvalidParameter(ValueError):
     pass
 
 
+class StopRun(Exception):
+    """Thrown into a strategy's generator when the user presses Stop. A strategy that holds output
+    it has not committed yet (beam search commits only at the end) catches it, yields that output,
+    and returns; any other strategy just ends where it is."""
+
+
 @dataclass(frozen=True)
 class Param:
     name: str

@@ -56,3 +56,32 @@ def test_acceptance_vs_draft_probability_counts_reached_nodes_only():
     rate = fig.data[0]
     assert list(rate.x) == [0.15, 0.95] and list(rate.y) == [0.5, 0.5]       # q bin [.1,.2): 1 of 2; [.9,1): 1 of 2
     assert draft_probability_figure([TreeEvent(0, [node(0, None, None, "accepted"), node(1, 0, None, "accepted")])]) is None
+
+
+def plain_step(step: int):
+    """A round that drafted nothing, as the speculative family emits it: the root and the target's token."""
+    from playground.events import VerifyEvent
+    return [TreeEvent(step, [TreeNode(0, None, 5, "a", 1.0, status="accepted"),
+                             TreeNode(1, 0, 6, "b", 0.9, status="bonus")], reset=True, chosen=1),
+            VerifyEvent(step=step, drafted=0, accepted=0, emitted=1)]
+
+
+def test_plain_steps_draw_no_acceptance_and_no_tree():
+    """33 plain steps and one drafted token used to draw a two-node "tree" and an acceptance rate of
+    1.000; now rounds that drafted nothing give no acceptance number and leave no tree in view."""
+    from playground.events import VerifyEvent
+    from visualizers.speculative import acceptance_figure, depth_figure
+    from visualizers.tree import tree_figure
+
+    plain = [e for step in range(33) for e in plain_step(step)]
+    assert acceptance_figure(plain) is None and depth_figure(plain) is None and tree_figure(plain) is None
+    drafted = TreeEvent(33, [TreeNode(0, None, 5, "a", 1.0, status="accepted"),
+                             TreeNode(1, 0, 7, "c", 0.5, status="accepted"),
+                             TreeNode(2, 1, 8, "d", 0.9, status="bonus")], reset=True, chosen=2)
+    events = plain + [drafted, VerifyEvent(step=33, drafted=1, accepted=1, emitted=2)] + plain_step(34)
+    fig = acceptance_figure(events)
+    assert fig.layout.title.text == "Acceptance over time (drafted in 1 of 35 rounds)"
+    rate = list(fig.data[2].y)
+    assert rate[:33] == [None] * 33 and rate[33:] == [1.0, 1.0]     # no rate before anything was drafted
+    tree = tree_figure(events)                                     # the plain step after it keeps it in view
+    assert tree is not None and any("c" in str(t) for d in tree.data for t in (d.text or []))

@@ -24,17 +24,19 @@ def acceptance_figure(events: list[Event]) -> go.Figure | None:
     """Accepted draft tokens per round (bars, with drafted as the hover), the running acceptance
     rate (accepted / drafted so far) and the running mean tokens committed per round."""
     rounds = _rounds(events)
-    if not rounds:
-        return None
+    if not any(r.drafted for r in rounds):
+        return None                     # plain steps only: an acceptance rate of nothing is no number
     steps = list(range(1, len(rounds) + 1))
     drafted = accepted = emitted = 0
     rate, mean = [], []
     for i, r in enumerate(rounds, 1):
         drafted, accepted, emitted = drafted + r.drafted, accepted + r.accepted, emitted + r.emitted
-        rate.append(accepted / drafted if drafted else 0.0)
+        rate.append(accepted / drafted if drafted else None)          # a gap until something was drafted
         mean.append(emitted / i)
-    hover = [f"round {i}<br>drafted {r.drafted}, accepted {r.accepted}, committed {r.emitted}"
+    hover = [f"round {i}<br>" + (f"drafted {r.drafted}, accepted {r.accepted}" if r.drafted else
+                                 "plain step (nothing drafted)") + f", committed {r.emitted}"
              + (f"<br>{plot_text(r.source)}" if r.source else "") for i, r in zip(steps, rounds)]
+    drafting = sum(1 for r in rounds if r.drafted)
     fig = go.Figure()
     fig.add_trace(go.Bar(x=steps, y=[r.accepted for r in rounds], name="accepted draft tokens", text=hover,
                          hovertemplate="%{text}<extra></extra>", textposition="none", marker_color="#2ca02c"))
@@ -42,7 +44,8 @@ def acceptance_figure(events: list[Event]) -> go.Figure | None:
                              line=dict(color="#9467bd"), hovertemplate="mean %{y:.2f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=steps, y=rate, mode="lines", name="running acceptance rate", yaxis="y2",
                              line=dict(color="#d62728", dash="dot"), hovertemplate="rate %{y:.2f}<extra></extra>"))
-    fig.update_layout(title="Acceptance over time", xaxis_title="verification round", yaxis_title="tokens",
+    fig.update_layout(title=f"Acceptance over time (drafted in {drafting} of {len(rounds)} rounds)",
+                      xaxis_title="verification round", yaxis_title="tokens",
                       yaxis2=dict(title="acceptance rate", overlaying="y", side="right", range=[0, 1.02]),
                       **LAYOUT)
     return fig

@@ -21,11 +21,17 @@ STATUS_COLOURS = {
 MAX_NODES = 1500  # beyond this the drawing is unreadable anyway; keep the newest nodes
 
 
+def drafted_nothing(event: TreeEvent) -> bool:
+    """A speculative round that drafted nothing: its "tree" is the root and the target's own token."""
+    return event.reset and all(n.parent is None or n.status == "bonus" for n in event.nodes)
+
+
 def current_tree(events: list[Event]) -> tuple[dict[int, TreeNode], int | None, str]:
+    """The latest tree; a plain step (drafted nothing) leaves the last real tree in view."""
     nodes: dict[int, TreeNode] = {}
     chosen, title = None, ""
     for event in events:
-        if isinstance(event, TreeEvent):
+        if isinstance(event, TreeEvent) and not drafted_nothing(event):
             if event.reset:
                 nodes, chosen = {}, None
             for node in event.nodes:

@@ -5,15 +5,18 @@ each step keeps the top 2W continuations of the W beams; those ending in EOS (or
 limit) among the top W become finished hypotheses scored by logprob / length**length_penalty;
 the best W unfinished continue. Search stops when no running beam can beat the worst finished
 one (the `early_stopping` heuristic) or at max_new_tokens.
+
+Beam search commits its tokens only at the end. Stopped mid-run (StopRun), it commits the best
+hypothesis so far: a finished one, or the best running beam if it scores higher as it stands.
 """
 
 from __future__ import annotations
 
 import torch
 
-from playground.events import StatsEvent, TreeEvent, TreeNode
+from playground.events import NoticeEvent, StatsEvent, TreeEvent, TreeNode
 
-from ..base import Param, Strategy
+from ..base import Param, StopRun, Strategy
 
 NEG = -1.0e9
 
@@ -98,13 +101,17 @@ class BeamSearch(Strategy):
             # Preview: the best running beam, unless a finished hypothesis already scores higher.
             running_best = float(top_scores[order[0]]) / length ** lp
             preview = finished[0][1] if finished and finished[0][0] >= running_best else new_seqs[0]
-            yield TreeEvent(step=step, nodes=nodes, reset=step == 0, title="Beam tree",
-                            preview=s.tokenizer.decode(preview, skip_special_tokens=False))
-            yield StatsEvent({"finished hypotheses": len(finished), "beam width": width})
-
-            running = top_scores[order].clone()
+            running = top_scores[order].clone()                              # best first (topk order)
             cache.reorder_cache(parent_beam[order])
             seqs, leaf = new_seqs, new_leaf
+            try:                                                             # state is whole here: a Stop
+                yield TreeEvent(step=step, nodes=nodes, reset=step == 0, title="Beam tree",   # may land
+                                preview=s.tokenizer.decode(preview, skip_special_tokens=False))
+                yield StatsEvent({"finished hypotheses": len(finished), "beam width": width})
+            except StopRun:
+                best_running = (float(running[0]) / length ** lp, seqs[0], leaf[0])
+                yield from self.answer(s, finished + [best_running], parent_of, described, stopped=True)
+                return
 
             # Can a running beam still beat the worst finished one? (transformers' heuristic)
             best_len = s.max_new_tokens if (stopping == "never" and lp > 0) else length
@@ -115,8 +122,18 @@ class BeamSearch(Strategy):
             if step + 1 < s.max_new_tokens:
                 logits = s.forward(torch.tensor(seqs)[:, -1:], cache)[0]
 
-        # The answer: the best finished hypothesis, walked back up the tree.
-        _, _, node_id = finished[0]
+        yield from self.answer(s, finished, parent_of, described)
+
+    @staticmethod
+    def answer(s, hypotheses: list[tuple[float, list[int], int]], parent_of: dict, described: dict,
+               stopped: bool = False):
+        """Commit the best-scoring hypothesis (score, tokens, leaf node), walked back up the tree. When
+        stopped, the candidates include the best running beam, scored as if it ended there."""
+        score, _, node_id = max(hypotheses, key=lambda h: h[0])
+        if stopped:
+            kind = "finished" if any(h[2] == node_id for h in hypotheses[:-1]) else "running (unfinished)"
+            yield NoticeEvent("beam", f"Stopped: the output is the best {kind} hypothesis so far "
+                                      f"(score {score:.3f}).")
         yield TreeEvent(step=s.max_new_tokens, nodes=[], reset=False, title="Beam tree", chosen=node_id)
         path = []
         while node_id is not None:
