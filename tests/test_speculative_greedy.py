@@ -321,3 +321,25 @@ def test_token_recycling_shared_matrix_stays_lossless_and_gets_warmer(tiny_model
     token_recycling._SHARED.pop(tiny_model, None)
     assert first == second == expected
     assert len(rounds(hot)) < len(rounds(cold))
+
+
+def test_the_readme_speculative_example_runs_and_equals_greedy(tiny_model, tiny_tokenizer, draft_model):
+    """The README's "speculative method in a few lines" is real code: exec it and check it is lossless."""
+    import re
+    from pathlib import Path
+
+    from strategies.base import Param
+    from strategies.speculative.drafters import draft_chain
+    from strategies.speculative.loop import Draft, SpeculationLoop
+    from strategies.speculative.verify import sampling_params
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    code = re.search(r"```python\n(class MyDraft\(SpeculationLoop\):.*?)```", readme, re.S).group(1)
+    scope = dict(Param=Param, draft_chain=draft_chain, Draft=Draft, SpeculationLoop=SpeculationLoop,
+                 sampling_params=sampling_params)
+    exec(code, scope)
+    for prompt in SPEC_PROMPTS:
+        session = DecodeSession(tiny_model, tiny_tokenizer, prompt, MAX_NEW, set(), 0, draft_model=draft_model)
+        ours = [e.token_id for e in scope["MyDraft"]().decode(session) if isinstance(e, TokenEvent)]
+        assert ours == greedy(tiny_model, tiny_tokenizer, prompt)
+        assert session.draft_forward_passes > 0
