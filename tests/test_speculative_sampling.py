@@ -359,3 +359,25 @@ def test_stochastic_beam_children_are_drawn_without_replacement():
     law = q[:, None] * q[None, :] / (1 - q[:, None])
     law.fill_diagonal_(0)
     assert 0.5 * float((counts / trials - law).abs().sum()) < 0.02   # TV; about 0.01 at this many trials
+
+
+def test_speculative_verification_takes_the_whole_warper_chain(target, draft, tiny_tokenizer):
+    """Verification warps p and q with the sampling family's one chain, so min-p, typical-p and Top-H
+    hold in speculative sampling too. The oracle is transformers' own warpers, not our chain: the
+    first token must follow their warped target (it did not when verification knew only T, top-k, top-p)."""
+    from transformers import LogitsProcessorList, MinPLogitsWarper, TemperatureLogitsWarper, TypicalLogitsWarper
+    from transformers.generation.logits_process import TopHLogitsWarper
+
+    params = dict(temperature=1.3, min_p=0.05, typical_p=0.9, top_h=0.8)
+    chain = LogitsProcessorList([TemperatureLogitsWarper(1.3), MinPLogitsWarper(0.05), TypicalLogitsWarper(0.9),
+                                 TopHLogitsWarper(0.8)])        # vocab 96 <= top_n: its rule is the authors' here
+    with torch.no_grad():
+        logits = target(torch.tensor([PROMPTS[0]])).logits[0, -1].double()
+    p_first = torch.softmax(chain(None, logits[None])[0], -1)
+    assert 3 <= int((p_first > 0).sum()) < 0.5 * len(p_first)     # the chain really truncates here
+    strategy = REGISTRY["speculative"](gamma=2, **params)
+    firsts, _, _ = sample_many(strategy, target, draft, tiny_tokenizer, PROMPTS[0], 600)
+    counts = torch.bincount(torch.tensor(firsts), minlength=len(p_first)).double()
+    assert counts[p_first == 0].sum() == 0                        # nothing outside the kept set, ever
+    stat, critical = chi_square_fails(counts, p_first)
+    assert stat < critical, (stat, critical)
