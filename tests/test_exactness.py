@@ -68,3 +68,27 @@ def test_beam_tree_is_connected_and_chosen_path_is_the_answer(tiny_model, tiny_t
         path.append(nodes[chosen].token_id)
         chosen = nodes[chosen].parent
     assert path[::-1] == ours
+
+
+@pytest.mark.parametrize("stop_after", [1, 3, 6])
+def test_beam_stopped_mid_run_commits_its_best_hypothesis(tiny_model, tiny_tokenizer, stop_after):
+    """Beam search commits only at the end; a Stop after `stop_after` steps used to save 0 tokens.
+    Without EOS every beam is still running then, so the best hypothesis is the best running beam:
+    exactly what generate(num_beams) returns when its length limit is that step."""
+    from playground.events import NoticeEvent
+    from strategies import StopRun
+
+    session = DecodeSession(tiny_model, tiny_tokenizer, PROMPTS[1], 12, set(), 0)
+    stream = REGISTRY["beam"](num_beams=3).decode(session)
+    events, trees = [], 0
+    for event in stream:
+        events.append(event)
+        trees += isinstance(event, TreeEvent)
+        if trees == stop_after:
+            events += [stream.throw(StopRun())] + list(stream)
+            break
+    ours = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    assert ours == hf(tiny_model, PROMPTS[1], max_new=stop_after, num_beams=3, do_sample=False)
+    assert ours == session.output_ids
+    notice = next(e for e in events if isinstance(e, NoticeEvent))
+    assert notice.message.startswith("Stopped: the output is the best running (unfinished) hypothesis")
