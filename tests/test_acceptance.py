@@ -1,4 +1,5 @@
-"""Acceptance rules output exactly the target p: synthetic p/q, fixed seeds, 2*10^5 trials per rule.
+"""Acceptance rules output exactly the target p: synthetic p/q, fixed seeds, 2*10^5 trials per rule;
+and each rule reports the law its recovered token was really drawn from (the p-vs-q panel's residual).
 
 At N = 2*10^5 over 8 tokens the total variation between an empirical histogram and its true
 distribution is about 0.002 (noise floor); 0.005 fails any rule that is off by a few percent
@@ -42,7 +43,7 @@ def test_standard_rule_outputs_p(seed):
     p, q = pair(seed)
     g = torch.Generator().manual_seed(100 + seed)
     draft = torch.multinomial(q, TRIALS, replacement=True, generator=g)
-    index, token = acc.speculative_accept(p, q, draft, g)
+    index, token, _ = acc.speculative_accept(p, q, draft, g)
     assert tv(token, p) <= TOLERANCE
     # the acceptance rate is sum min(p, q), the known closed form
     assert abs(float((index == 0).double().mean()) - float(torch.minimum(p, q).sum())) < 0.005
@@ -53,7 +54,7 @@ def test_standard_rule_without_residual_is_caught():
     p, q = pair(0)
     g = torch.Generator().manual_seed(7)
     draft = torch.multinomial(q, TRIALS, replacement=True, generator=g)
-    index, _ = acc.speculative_accept(p, q, draft, g)
+    index, _, _ = acc.speculative_accept(p, q, draft, g)
     wrong = torch.where(index == 0, draft, torch.multinomial(q, TRIALS, replacement=True, generator=g))
     assert tv(wrong, p) > 5 * TOLERANCE
 
@@ -62,7 +63,7 @@ def test_q_equal_p_accepts_always():
     p, _ = pair(3)
     g = torch.Generator().manual_seed(3)
     draft = torch.multinomial(p, TRIALS, replacement=True, generator=g)
-    index, token = acc.speculative_accept(p, p, draft, g)
+    index, token, _ = acc.speculative_accept(p, p, draft, g)
     assert bool((index == 0).all()) and torch.equal(token, draft)
 
 
@@ -96,7 +97,7 @@ def test_recursive_rejection_outputs_p(seed):
     p, q = pair(seed)
     g = torch.Generator().manual_seed(200 + seed)
     candidates = acc.gumbel_top_k(q.expand(TRIALS, VOCAB), 3, g)
-    index, token = acc.recursive_rejection(p, q, candidates, g)
+    index, token, _ = acc.recursive_rejection(p, q, candidates, g)
     assert tv(token, p) <= TOLERANCE
     # three distinct candidates accept more often than one
     assert float((index >= 0).double().mean()) > float(torch.minimum(p, q).sum()) + 0.02
@@ -106,7 +107,7 @@ def test_recursive_rejection_with_iid_candidates_is_caught():
     """Same updates but i.i.d. candidates: the rule is no longer lossless (ALGORITHMS.md s.8 pitfall)."""
     p, q = pair(0)
     g = torch.Generator().manual_seed(9)
-    _, token = acc.recursive_rejection(p, q, iid(q, (TRIALS, 3), g), g)
+    _, token, _ = acc.recursive_rejection(p, q, iid(q, (TRIALS, 3), g), g)
     assert tv(token, p) > 2 * TOLERANCE
 
 
@@ -140,14 +141,15 @@ def test_rrs_with_one_candidate_is_the_standard_rule():
     draft = torch.multinomial(q, 1000, replacement=True, generator=torch.Generator().manual_seed(1))
     a = acc.recursive_rejection(p, q, draft[:, None], torch.Generator().manual_seed(2))
     b = acc.speculative_accept(p, q, draft, torch.Generator().manual_seed(2))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a.index, b.index) and torch.equal(a.token, b.token)
+    assert torch.allclose(a.residual, b.residual)        # both drew from norm(max(0, p - q))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kseq_outputs_p(seed):
     p, q = pair(seed)
     g = torch.Generator().manual_seed(300 + seed)
-    index, token = acc.kseq_accept(p, q, iid(q, (TRIALS, 3), g), g)
+    index, token, _ = acc.kseq_accept(p, q, iid(q, (TRIALS, 3), g), g)
     assert tv(token, p) <= TOLERANCE
     rho = acc.kseq_rho(p, q, 3)
     beta = acc.kseq_beta(p[None], q[None], rho)
@@ -188,6 +190,97 @@ def test_deterministic_children_output_p(seed):
     p, _ = pair(seed)
     g = torch.Generator().manual_seed(400 + seed)
     fixed = torch.tensor([3, 0, 5])                      # e.g. a retrieval draft's children
-    index, token = acc.deterministic_accept(p, fixed.expand(TRIALS, 3), g)
+    index, token, _ = acc.deterministic_accept(p, fixed.expand(TRIALS, 3), g)
     assert tv(token, p) <= TOLERANCE
     assert abs(float((index >= 0).double().mean()) - float(p[fixed].sum())) < 0.005
+
+
+# --- the residual each rule reports is the law the recovered token was drawn from ------------------
+
+def f64(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+# Two siblings that p cannot accept (p(x) = 0 for both), so both are rejected whatever the draws.
+# By hand: p_2 = norm(max(0, p - q)) = (0, 0, 5/8, 3/8); q_2 = q without token 0 = (0, .6, .2, .2);
+# p_3 = norm(max(0, p_2 - q_2)) = norm(0, 0, .425, .175) = (0, 0, 17/24, 7/24).
+TWO_SIBLINGS = dict(p=f64(0.0, 0.0, 0.6, 0.4), q=f64(0.5, 0.3, 0.1, 0.1), candidates=[0, 1])
+TWICE_UPDATED = f64(0.0, 0.0, 17 / 24, 7 / 24)
+
+
+def test_recursive_rejection_reports_the_twice_updated_residual():
+    p, q = TWO_SIBLINGS["p"], TWO_SIBLINGS["q"]
+    out = acc.recursive_rejection(p, q, torch.tensor(TWO_SIBLINGS["candidates"]), torch.Generator().manual_seed(0))
+    assert int(out.index) == -1
+    assert torch.allclose(out.residual[0], TWICE_UPDATED, atol=1e-12)
+    assert not torch.allclose(out.residual[0], acc.residual(p, q), atol=1e-3)     # not the one-candidate formula
+
+
+def test_recovered_tokens_follow_the_reported_residual():
+    """Over 2*10^5 rows: every rule's recovered tokens (index -1) follow the residuals it reports (for
+    RRS a different one per row: it depends on which candidates were drawn, so compare to their mean)."""
+    p, q = pair(0)
+    g = torch.Generator().manual_seed(12)
+    rules = [acc.speculative_accept(p, q, torch.multinomial(q, TRIALS, replacement=True, generator=g), g),
+             acc.recursive_rejection(p, q, acc.gumbel_top_k(q.expand(TRIALS, VOCAB), 3, g), g),
+             acc.kseq_accept(p, q, iid(q, (TRIALS, 3), g), g),
+             acc.deterministic_accept(p, torch.tensor([3, 0, 5]).expand(TRIALS, 3), g)]
+    mixtures = []
+    for out in rules:
+        rejected = out.index < 0
+        assert int(rejected.sum()) > 20_000
+        mixtures.append(out.residual[rejected].mean(0))
+        assert tv(out.token[rejected], mixtures[-1]) <= 0.01
+    # after three recursive updates, or K-SEQ's, the residual is not the one-candidate norm(max(0, p - q))
+    assert all(float((mixture - acc.residual(p, q)).abs().sum()) > 0.2 for mixture in mixtures[1:3])
+    assert torch.allclose(rules[2].residual[0], acc.kseq_residual(p, q, acc.kseq_rho(p, q, 3), 3)[0])
+
+
+class Texts:
+    def token_text(self, token: int) -> str:
+        return f" t{token}"
+
+
+def test_rrs_verdict_records_the_residual_it_drew_from():
+    """Through the verifier, the round record and the panel: a root with two rejected children. The old
+    record (no "residual" from the verifier) fell back to norm(max(0, p - q)) = (0, 0, .625, .375)."""
+    from strategies.speculative.rounds import rejection_record
+    from strategies.speculative.tree import DraftTree
+    from strategies.speculative.verify import make_warp, recursive_rejection_verdict
+    from visualizers.rejection import rejection_figure
+    from playground.events import VerifyEvent
+
+    p, q = TWO_SIBLINGS["p"], TWO_SIBLINGS["q"]
+    tree = DraftTree([2] + TWO_SIBLINGS["candidates"], [-1, 0, 0])
+    logits = p.log().expand(len(tree), 4)                  # log 0 = -inf: softmax gives p back
+    verdict = recursive_rejection_verdict(tree, logits, {0: q}, make_warp({"temperature": 1.0}),
+                                          torch.Generator().manual_seed(0))
+    assert verdict.path == [0]
+    record = rejection_record(Texts(), verdict.rejection, verdict.accepted)
+    shown = dict(zip(record["token_ids"], record["residual"]))
+    assert shown[2] != pytest.approx(0.625, abs=1e-3)      # what the old panel drew
+    assert shown == pytest.approx({i: float(TWICE_UPDATED[i]) for i in range(4)}, abs=1e-12)
+    assert verdict.rejection["rejected"] == [0, 1]
+    assert set(record["rejected_tokens"]) <= set(record["token_ids"]) and record["recovered_token"] in (2, 3)
+    figure = rejection_figure([VerifyEvent(step=0, drafted=2, accepted=0, emitted=1, rejection=record)])
+    assert "after 2 rejected candidates" in figure.data[0].name
+    assert "2 recursive rejections" in figure.layout.title.text
+
+
+def test_kseq_and_chain_verdicts_record_their_residuals():
+    """SpecTr records norm(max(0, p - min(q, p/rho) c)); a chain records norm(max(0, p - q))."""
+    from strategies.speculative.spectr import SpecTr
+    from strategies.speculative.tree import DraftTree
+    from strategies.speculative.verify import make_warp, verify_chain
+
+    warp = make_warp({"temperature": 1.0})
+    p, q = f64(0.0, 0.0, 0.6, 0.4), f64(0.45, 0.35, 0.1, 0.1)
+    tree = DraftTree([2, 0, 1], [-1, 0, 0])                 # three i.i.d. drafts of length 1: 0, 1, 0
+    verdict = SpecTr.verify(tree, p.log().expand(3, 4), {0: q}, [[0, 1], [0, 2], [0, 1]], warp,
+                            torch.Generator().manual_seed(0))
+    kseq = acc.kseq_residual(p[None], q[None], acc.kseq_rho(p, q, 3), 3)[0]
+    assert verdict.rejection["rejected"] == [0, 1]
+    assert torch.allclose(verdict.rejection["residual"], kseq) and "rho* = " in verdict.rejection["rule"]
+    assert not torch.allclose(kseq, acc.residual(p, q), atol=1e-3)
+    verdict = verify_chain(p.log().expand(2, 4), [0], q[None], warp, torch.Generator().manual_seed(0))
+    assert torch.allclose(verdict.rejection["residual"], acc.residual(p, q))

@@ -1,8 +1,11 @@
 """Why a draft was rejected, and how far each layer already agrees with the full model.
 
 - rejection_figure: at the latest rejection of a sampling-mode speculative round, the target p and
-  the draft q side by side over the tokens that mattered, with the residual max(0, p - q)
-  (normalised: what the replacement token was drawn from) shaded behind them.
+  the draft q side by side over the tokens that mattered, with the residual the recovered token was
+  actually drawn from shaded behind them. That is norm(max(0, p - q)) for one candidate only; after
+  K rejected siblings (RSD, RSD-S, DySpec) it is p updated K times, and for SpecTr the K-SEQ
+  residual norm(max(0, p - min(q, p/rho) c)). The verifier records which (VerifyEvent.rejection
+  "residual_rule"), and the panel says it.
 - layer_acceptance_figure: DEL's per-layer agreement alpha_l ("logit lens" acceptance), the
   tokens-per-layer each exit layer would give, plain decoding's TPL, and this round's exit layer.
 """
@@ -29,21 +32,33 @@ def rejection_figure(events: list[Event]) -> go.Figure | None:
     r = verify.rejection
     labels = [f"{plot_text(repr(visible(t)))} #{i}" for t, i in zip(r["texts"], r["token_ids"])]
     draft = r.get("draft_token")
+    rejected = set(r.get("rejected_tokens") or [draft])
+    recovered = r.get("recovered_token")
+    rule = r.get("residual_rule", "norm(max(0, p - q))")
+    count = len(rejected)
+    drawn_from = ("residual the recovered token was drawn from" if count == 1
+                  else f"residual the recovered token was drawn from (after {count} rejected candidates)")
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=labels, y=r["residual"], name="residual norm(max(0, p - q))", width=0.9,
-                         marker=dict(color="rgba(148, 103, 189, 0.25)", line=dict(color="#9467bd", width=1)),
-                         hovertemplate="%{x}<br>residual %{y:.3f}<extra></extra>"))
+    fig.add_trace(go.Bar(x=labels, y=r["residual"], name=drawn_from, width=0.9,
+                         marker=dict(color="rgba(148, 103, 189, 0.25)",
+                                     line=dict(color=["#000000" if t == recovered else "#9467bd"
+                                                      for t in r["token_ids"]],
+                                               width=[3 if t == recovered else 1 for t in r["token_ids"]])),
+                         hovertemplate="%{x}<br>residual %{y:.3f}<br>" + plot_text(rule) + "<extra></extra>"))
     fig.add_trace(go.Bar(x=labels, y=r["p"], name="target p", width=0.35, offset=-0.38, marker_color="#2ca02c",
                          hovertemplate="%{x}<br>p %{y:.3f}<extra></extra>"))
     fig.add_trace(go.Bar(x=labels, y=r["q"], name="draft q", width=0.35, offset=0.03,
-                         marker=dict(color=["#d62728" if t == draft else "#1f77b4" for t in r["token_ids"]]),
+                         marker=dict(color=["#d62728" if t in rejected else "#1f77b4" for t in r["token_ids"]]),
                          hovertemplate="%{x}<br>q %{y:.3f}<extra></extra>"))
-    rejected = next((label for label, t in zip(labels, r["token_ids"]) if t == draft), "")
+    names = [label for label, t in zip(labels, r["token_ids"]) if t in rejected]
     position = r.get("position")
+    what = (f": {', '.join(names)} (red) {'was' if len(names) == 1 else 'were'} rejected" if names else "")
     fig.update_layout(
-        title=f"Rejection in round {verify.step}" + (f", draft position {position + 1}" if position is not None else "")
-              + (f": {rejected} (red) was rejected" if rejected else ""),
-        barmode="overlay", yaxis_title="probability", xaxis_tickangle=-30, **LAYOUT)
+        title=dict(text=f"Rejection in round {verify.step}"
+                        + (f", draft position {position + 1}" if position is not None else "") + what
+                        + f"<br><sup>recovered token (outlined) drawn from {plot_text(rule)}</sup>"),
+        barmode="overlay", yaxis_title="probability", xaxis_tickangle=-30,
+        **{**LAYOUT, "margin": dict(LAYOUT["margin"], t=70)})        # room for the subtitle
     return fig
 
 

@@ -2,8 +2,14 @@
 
 Every rule takes the target distribution p and the draft distribution q (rows of shape (B, V),
 or (V,) to share one pair across the batch), the drafted candidates, and an explicit
-torch.Generator, and returns (accepted_index, token) per row: accepted_index is the position of
-the accepted candidate, -1 when all were rejected and `token` came from the residual.
+torch.Generator, and returns an Outcome (index, token, residual) per row.
+
+Glossary (as in vLLM's rejection sampler):
+- index: the position of the accepted candidate, -1 when all were rejected;
+- token: the accepted candidate, or the recovered token (index -1) drawn from `residual`;
+- residual: the distribution the recovered token was drawn from. It is NOT always
+  norm(max(0, p - q)): after K recursive rejections it is p updated K times, and for K-SEQ it is
+  norm(max(0, p - min(q, p/rho) c)). The p-vs-q panel draws exactly this row.
 
 The batch dimension is there so the tests can check each rule's output distribution over 10^5
 trials in one call; strategies call the rules with B = 1. Each rule outputs exactly p:
@@ -15,11 +21,22 @@ trials in one call; strategies call the rules with B = 1. Each rule outputs exac
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 # A residual whose mass is below this is rounding noise of p == q; fall back to p (ALGORITHMS.md s.5).
 RESIDUAL_EPS = 1e-12
 BISECTION_STEPS = 60
+
+
+class Outcome(NamedTuple):
+    """What a rule decided, per row. Unpacks as (index, token, residual)."""
+
+    index: torch.Tensor      # (B,) long: accepted candidate's position, -1 = all rejected
+    token: torch.Tensor      # (B,) long: the accepted candidate, or the recovered token
+    residual: torch.Tensor   # (B, V) float64: the law the recovered token was drawn from. Every row
+                             # draws one (vectorised), but only rows with index -1 use it.
 
 
 def _rows(dist: torch.Tensor, batch: int) -> torch.Tensor:
@@ -58,16 +75,17 @@ def _accepts(u: torch.Tensor, p_x: torch.Tensor, q_x: torch.Tensor) -> torch.Ten
 # --- one candidate ---------------------------------------------------------------------------
 
 def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor,
-                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accept x ~ q with probability min(1, p(x)/q(x)); otherwise draw from the residual."""
+                       generator: torch.Generator) -> Outcome:
+    """Accept x ~ q with probability min(1, p(x)/q(x)); otherwise draw from norm(max(0, p - q)).
+    p, q (B, V) or (V,); draft (B,) or a scalar tensor."""
     draft = draft.reshape(-1)
     batch = draft.shape[0]
     p, q = _rows(p, batch), _rows(q, batch)
     u = _uniform(batch, generator)
     accepted = _accepts(u, p.gather(-1, draft[:, None])[:, 0], q.gather(-1, draft[:, None])[:, 0])
-    fallback = sample(residual(p, q), generator)
-    token = torch.where(accepted, draft, fallback)
-    return torch.where(accepted, 0, -1), token
+    left = residual(p, q)
+    token = torch.where(accepted, draft, sample(left, generator))
+    return Outcome(torch.where(accepted, 0, -1), token, left)
 
 
 # --- K candidates without replacement (RSD) --------------------------------------------------
@@ -88,11 +106,13 @@ def _remove(dist: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
 
 
 def recursive_rejection(p: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Recursive rejection sampling over candidates (B, K) drawn from q without replacement.
+                        generator: torch.Generator) -> Outcome:
+    """Recursive rejection sampling over candidates (B, K) (or (K,)) drawn from q without replacement.
 
     After each rejected candidate x_k the target becomes the residual norm(max(0, p_k - q_k)) and
     the draft becomes q_k without x_k: exactly the distribution the next candidate was drawn from.
+    The recovered token comes from p_{K+1}, p updated K times (Outcome.residual), not from
+    norm(max(0, p - q)) of the first candidate.
     """
     if candidates.dim() == 1:
         candidates = candidates[None]
@@ -110,7 +130,7 @@ def recursive_rejection(p: torch.Tensor, q: torch.Tensor, candidates: torch.Tens
         p_k = residual(p_k, q_k)
         q_k = _remove(q_k, x)
     leftover = sample(p_k, generator)
-    return index, torch.where(index < 0, leftover, token)
+    return Outcome(index, torch.where(index < 0, leftover, token), p_k)
 
 
 # --- k i.i.d. candidates (SpecTr K-SEQ) ------------------------------------------------------
@@ -154,14 +174,16 @@ def kseq_residual(p: torch.Tensor, q: torch.Tensor, rho: torch.Tensor, k: int) -
 
 
 def kseq_accept(p: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """K-SEQ over candidates (B, k) drawn i.i.d. from q: accept the first X_i that passes
-    U < min(1, p(X_i) / (rho* q(X_i))); if none does, draw from the K-SEQ residual."""
+                generator: torch.Generator, rho: torch.Tensor | None = None) -> Outcome:
+    """K-SEQ over candidates (B, k) (or (k,)) drawn i.i.d. from q: accept the first X_i that passes
+    U < min(1, p(X_i) / (rho* q(X_i))); if none does, draw from the K-SEQ residual
+    norm(max(0, p - min(q, p/rho*) c(rho*))) (kseq_residual).
+    rho (B,) or (1,): kseq_rho(p, q, k) when the caller has it already (it also names it), else computed."""
     if candidates.dim() == 1:
         candidates = candidates[None]
     batch, k = candidates.shape
     p, q = _rows(p, batch), _rows(q, batch)
-    rho = kseq_rho(p, q, k)
+    rho = kseq_rho(p, q, k) if rho is None else rho.double().expand(batch)
     index = torch.full((batch,), -1, dtype=torch.long)
     token = torch.zeros(batch, dtype=torch.long)
     for i in range(k):
@@ -170,14 +192,14 @@ def kseq_accept(p: torch.Tensor, q: torch.Tensor, candidates: torch.Tensor,
                                      rho * q.gather(-1, x[:, None])[:, 0])
         index = torch.where(hit, i, index)
         token = torch.where(hit, x, token)
-    leftover = sample(kseq_residual(p, q, rho, k), generator)
-    return index, torch.where(index < 0, leftover, token)
+    left = kseq_residual(p, q, rho, k)
+    return Outcome(index, torch.where(index < 0, sample(left, generator), token), left)
 
 
 # --- candidates that are not samples of q (retrieval, recycled tokens) ---------------------
 
 def deterministic_accept(p: torch.Tensor, candidates: torch.Tensor,
-                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                         generator: torch.Generator) -> Outcome:
     """Distinct fixed candidates: accept x with probability p(x); else remove x from p and renormalise."""
     if candidates.dim() == 1:
         candidates = candidates[None]
@@ -191,5 +213,5 @@ def deterministic_accept(p: torch.Tensor, candidates: torch.Tensor,
         index = torch.where(hit, k, index)
         token = torch.where(hit, x, token)
         p_k = _remove(p_k, x)
-    leftover = sample(normalise(p_k, _rows(p, batch)), generator)
-    return index, torch.where(index < 0, leftover, token)
+    left = normalise(p_k, _rows(p, batch))
+    return Outcome(index, torch.where(index < 0, sample(left, generator), token), left)

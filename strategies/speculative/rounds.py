@@ -149,13 +149,26 @@ def tree_event(session, tree: DraftTree, p: dict[int, torch.Tensor], verdict: Ve
 
 def rejection_record(session, rejection: dict, position: int, top: int = REJECTION_TOP) -> dict:
     """The VerifyEvent.rejection dict: p, q and the residual the recovered token was drawn from, over the
-    tokens that matter there (the largest of p and q, and always the rejected draft token)."""
+    tokens that matter there: the largest of p, q and that residual, and always the rejected candidates
+    and the recovered token.
+
+    rejection (verify.rejection): p, q, residual (V,) float64; draft (the first rejected candidate);
+    rejected, recovered, rule where the verifier gave them. A record without a residual is the single-
+    candidate case, whose residual is norm(max(0, p - q))."""
     p, q, draft = rejection["p"], rejection["q"], rejection["draft"]
     residual = rejection.get("residual")
     residual = acceptance.residual(p, q) if residual is None else residual
-    ids = torch.topk(torch.maximum(p, q), min(top, p.shape[-1])).indices.tolist()
-    if draft not in ids:
-        ids[-1] = draft
+    rejected = list(rejection.get("rejected") or [draft])
+    recovered = rejection.get("recovered")
+    # the residual after K rejections can put its mass where p and q are both small: rank by it too
+    ids = torch.topk(torch.maximum(torch.maximum(p, q), residual), min(top, p.shape[-1])).indices.tolist()
+    must = list(dict.fromkeys(rejected + ([] if recovered is None else [recovered])))[:len(ids)]
+    missing = [t for t in must if t not in ids]
+    droppable = [i for i in reversed(range(len(ids))) if ids[i] not in must]   # the smallest first
+    for slot, token in zip(droppable, missing):
+        ids[slot] = token
     return {"token_ids": ids, "texts": [session.token_text(i) for i in ids],
             "p": [float(p[i]) for i in ids], "q": [float(q[i]) for i in ids],
-            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": position}
+            "residual": [float(residual[i]) for i in ids], "draft_token": draft, "position": position,
+            "rejected_tokens": rejected, "recovered_token": recovered,
+            "residual_rule": rejection.get("rule", "norm(max(0, p - q))")}

@@ -21,7 +21,14 @@ from ..base import Param
 from . import acceptance
 from .loop import Draft, SpeculationLoop
 from .tree import DraftTree
-from .verify import Verdict, greedy_verdict, probabilities, sampling_params
+from .verify import Verdict, greedy_verdict, probabilities, rejection, sampling_params
+
+
+def kseq_rule(k: int, rho: float) -> str:
+    """What K-SEQ's recovered token is drawn from, in words."""
+    if k == 1:
+        return "norm(max(0, p - q))"                     # rho* = 1, c = 1: the standard residual
+    return f"norm(max(0, p - min(q, p/rho) c)), the K-SEQ residual of {k} i.i.d. candidates (rho* = {rho:.3f})"
 
 
 class SpecTr(SpeculationLoop):
@@ -69,9 +76,12 @@ class SpecTr(SpeculationLoop):
             if depth + 1 >= len(alive[0]):                 # the drafts end here: bonus from the target
                 return Verdict(tree.path(node), int(acceptance.sample(p[node][None], generator)))
             candidates = torch.tensor([tree.tokens[seq[depth + 1]] for seq in alive])
-            index, token = acceptance.kseq_accept(p[node], q_at[node], candidates, generator)
-            if int(index) < 0:
-                return Verdict(tree.path(node), int(token),
-                               {"node": node, "draft": int(candidates[0]), "p": p[node], "q": q_at[node]})
-            alive = [seq for seq in alive if tree.tokens[seq[depth + 1]] == int(token)]
+            rho = acceptance.kseq_rho(p[node], q_at[node], len(candidates))     # (1,), also shown
+            outcome = acceptance.kseq_accept(p[node], q_at[node], candidates, generator, rho)
+            token = int(outcome.token)
+            if int(outcome.index) < 0:
+                rejected = list(dict.fromkeys(candidates.tolist()))       # i.i.d. candidates may repeat
+                return Verdict(tree.path(node), token, rejection(node, p[node], q_at[node], rejected, outcome,
+                                                                 kseq_rule(len(candidates), float(rho))))
+            alive = [seq for seq in alive if tree.tokens[seq[depth + 1]] == token]
             node, depth = alive[0][depth + 1], depth + 1

@@ -5,6 +5,10 @@ Glossary (as in vLLM's rejection sampler):
 - recovered token: the target's own token where every candidate at a node was rejected (greedy: the
   argmax; sampling: a draw from the residual the acceptance rule left);
 - bonus token: the target's own token after an accepted leaf (nothing was drafted below it).
+- residual: the distribution the recovered token was drawn from (acceptance.Outcome.residual): for
+  one candidate norm(max(0, p - q)); after K recursive rejections p updated K times; for K-SEQ
+  norm(max(0, p - min(q, p/rho) c)). The Verdict's rejection dict carries it, so the p-vs-q panel
+  draws the law that was actually sampled, not a formula that only holds for a single candidate.
 A Verdict holds the accepted path and the next token (recovered or bonus); rounds.py commits them.
 
 Sampling verification warps the target p and the draft q with the SAME warper chain
@@ -53,7 +57,7 @@ def probabilities(logits: torch.Tensor, warp) -> torch.Tensor:
 class Verdict:
     path: list[int]                  # accepted tree nodes, root (node 0) first
     next_token: int                  # the target's own token after the path (recovered or bonus)
-    rejection: dict | None = None    # sampling: node, first draft token, p, q, and the residual drawn from
+    rejection: dict | None = None    # sampling: see rejection() below
 
     @property
     def accepted(self) -> int:
@@ -61,6 +65,17 @@ class Verdict:
 
     def proposed(self, tree: DraftTree) -> list[int]:
         return [tree.tokens[n] for n in self.path[1:]] + [self.next_token]
+
+
+def rejection(node: int, p: torch.Tensor, q: torch.Tensor, rejected: list[int], outcome: acceptance.Outcome,
+              rule: str) -> dict:
+    """The Verdict's record of a rejection at `node`; p, q (V,) the node's (warped) target and draft laws.
+
+    rejected: the candidates turned down, in verification order ("draft" is the first, for old readers);
+    residual (V,): the law the recovered token was drawn from (B = 1 row of the rule's Outcome);
+    rule: in words, what that residual is (the panel shows it)."""
+    return {"node": node, "draft": rejected[0], "rejected": rejected, "p": p, "q": q,
+            "residual": outcome.residual[0], "recovered": int(outcome.token[0]), "rule": rule}
 
 
 def chain_tree(root: int, drafts: list[int]) -> DraftTree:
@@ -88,9 +103,10 @@ def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor
         return Verdict(list(range(n + 1)), best[n])
     p = probabilities(target_logits, warp)
     for i, x in enumerate(drafts):
-        index, token = acceptance.speculative_accept(p[i], q[i], torch.tensor([x]), generator)
-        if int(index) < 0:
-            return Verdict(list(range(i + 1)), int(token), {"node": i, "draft": x, "p": p[i], "q": q[i]})
+        outcome = acceptance.speculative_accept(p[i], q[i], torch.tensor([x]), generator)
+        if int(outcome.index) < 0:
+            return Verdict(list(range(i + 1)), int(outcome.token),
+                           rejection(i, p[i], q[i], [x], outcome, "norm(max(0, p - q))"))
     return Verdict(list(range(len(drafts) + 1)), int(acceptance.sample(p[-1:], generator)))
 
 
@@ -106,8 +122,16 @@ def recursive_rejection_verdict(tree: DraftTree, logits: torch.Tensor, q_at: dic
         if not children:                                   # a leaf: the bonus comes from the target itself
             return Verdict(tree.path(node), int(acceptance.sample(p[node][None], generator)))
         candidates = torch.tensor([tree.tokens[c] for c in children])
-        index, token = acceptance.recursive_rejection(p[node], q_at[node], candidates, generator)
-        if int(index) < 0:
-            return Verdict(tree.path(node), int(token),
-                           {"node": node, "draft": int(candidates[0]), "p": p[node], "q": q_at[node]})
-        node = children[int(index)]
+        outcome = acceptance.recursive_rejection(p[node], q_at[node], candidates, generator)
+        if int(outcome.index) < 0:
+            return Verdict(tree.path(node), int(outcome.token),
+                           rejection(node, p[node], q_at[node], candidates.tolist(), outcome,
+                                     rrs_rule(len(children))))
+        node = children[int(outcome.index)]
+
+
+def rrs_rule(k: int) -> str:
+    """What recursive rejection's recovered token is drawn from, after k rejected siblings."""
+    if k == 1:
+        return "norm(max(0, p - q))"
+    return f"p after {k} recursive rejections: p_(i+1) = norm(max(0, p_i - q_i)), q_(i+1) = q_i without x_i"
