@@ -7,14 +7,36 @@ and `commit` (which turns a chosen token and the logits it came from into a Toke
 
 from __future__ import annotations
 
+import time
+import weakref
+from typing import Iterator
+
 import torch
 from transformers import DynamicCache
 
 from . import lean_forward
 from .config import settings
-from .events import Alternative, TokenEvent
+from .events import Alternative, Event, TokenEvent
 
 TOP_ALTERNATIVES = 5
+
+_WEIGHT_BYTES: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights one forward pass of `model` reads: its own parameters, each shared tensor
+    once (tied embeddings; a truncated view counts only the layers it runs). Cached per model object,
+    so a pass costs one dictionary look-up, and a dropped view frees its entry."""
+    known = _WEIGHT_BYTES.get(model)
+    if known is None:
+        seen: set[int] = set()
+        known = 0
+        for p in model.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                known += p.numel() * p.element_size()
+        _WEIGHT_BYTES[model] = known
+    return known
 
 
 class DecodeSession:
@@ -32,6 +54,8 @@ class DecodeSession:
         self.output_ids: list[int] = []
         self.forward_passes = 0
         self.draft_forward_passes = 0
+        self.weight_bytes_read = 0          # every pass's weights, target and draft alike
+        self.prompt_pass_done_at: float | None = None   # perf_counter after the latest prompt pass
         self._text = ""
 
     # --- model calls -------------------------------------------------------------------
@@ -54,7 +78,20 @@ class DecodeSession:
         self.draft_forward_passes += 1
         return self._call(self.draft_model, input_ids, cache, last_only, kwargs)
 
+    def _is_prompt_pass(self, cache) -> bool:
+        """A pass that fills a cache still short of the prompt (all but its last token, which some
+        methods keep as the first round's root): prefill, for the target or a draft alike."""
+        return cache is None or cache.get_seq_length() < len(self.prompt_ids) - 1
+
     def _call(self, model, input_ids, cache, last_only: bool, kwargs: dict):
+        prompt_pass = self._is_prompt_pass(cache)
+        self.weight_bytes_read += weight_bytes(model)
+        result = self._run(model, input_ids, cache, last_only, kwargs)
+        if prompt_pass:      # the latest wins: a draft's own prompt pass is prefill too
+            self.prompt_pass_done_at = time.perf_counter()
+        return result
+
+    def _run(self, model, input_ids, cache, last_only: bool, kwargs: dict):
         if not torch.is_tensor(input_ids):
             input_ids = torch.tensor([input_ids], dtype=torch.long)
         if input_ids.dim() == 1:
@@ -124,3 +161,39 @@ class DecodeSession:
         """Draw one token from softmax(logits) with this run's seeded generator."""
         probs = torch.softmax(logits.double(), -1)
         return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class Stopwatch:
+    """Time spent inside a method's generator (never in whoever draws its events), and where in that
+    time the prompt pass ended and the first token arrived. One definition for every method:
+    prefill_s = busy time up to the end of the latest prompt pass; decode_s = the busy time after it."""
+
+    def __init__(self, session: DecodeSession):
+        self.session = session
+        self.busy = 0.0
+        self.prefill_s = 0.0             # no prompt pass (a one-token prompt kept as the root): nothing to prefill
+        self.first_token_s: float | None = None
+
+    @property
+    def decode_s(self) -> float:
+        return self.busy - self.prefill_s
+
+    def run(self, events: Iterator[Event]) -> Iterator[Event]:
+        """Yield `events`, timing each step of the method; the caller's time between steps is not counted."""
+        while True:
+            start = time.perf_counter()
+            try:
+                event = next(events)
+            except StopIteration:
+                return
+            finally:
+                self._account(start, time.perf_counter())
+            if isinstance(event, TokenEvent) and self.first_token_s is None:
+                self.first_token_s = self.busy
+            yield event
+
+    def _account(self, start: float, end: float) -> None:
+        done = self.session.prompt_pass_done_at
+        if done is not None and start <= done <= end:      # a prompt pass ended in this step
+            self.prefill_s = self.busy + (done - start)
+        self.busy += end - start

@@ -62,6 +62,14 @@ class RunStarted(Event):
     prompt_tokens: int
     max_new_tokens: int
     notices: list[str] = field(default_factory=list)
+    # What re-running exactly needs beyond the request (runs saved before these fields load with
+    # the defaults, which mean "not recorded").
+    draft_model_id: str = ""      # resolved: the default draft is named, "" = the method uses none
+    chat: bool | None = None      # the chat-template switch
+    prompt_ids: list[int] = field(default_factory=list)   # the templated prompt the model actually saw
+    forward: str = ""             # PLAYGROUND_FORWARD: "lean" or "transformers"
+    torch_threads: int = 0
+    versions: dict[str, str] = field(default_factory=dict)   # python, torch, transformers, ...
 
 
 @event_type("token")
@@ -156,7 +164,7 @@ class MetricsEvent(Event):
     new_tokens: int
     elapsed_s: float
     time_to_first_token_s: float | None
-    tokens_per_s: float
+    tokens_per_s: float           # new_tokens / elapsed_s (prefill included)
     forward_passes: int
     tokens_per_forward: float
     model_bytes: int
@@ -165,10 +173,16 @@ class MetricsEvent(Event):
     stop_reason: str              # eos | length | stopped | error
     method: dict[str, float] = field(default_factory=dict)
     draft_forward_passes: int = 0
-    decode_tokens_per_s: float | None = None      # after the first token (no prefill)
-    greedy_tokens_per_s: float | None = None      # plain greedy's decode rate, same model, this session
+    # (new_tokens - 1) / decode_s: tokens after the first over seconds after the prompt pass. Runs
+    # saved before prefill_s existed hold (new_tokens - 1) / (elapsed_s - time to first token) here.
+    decode_tokens_per_s: float | None = None
+    greedy_tokens_per_s: float | None = None      # plain greedy's decode rate, same model: the reference
     greedy_reference: str = ""                    # which greedy run measured it
     speedup_vs_greedy: float | None = None        # decode_tokens_per_s / greedy_tokens_per_s
+    prefill_s: float | None = None                # time in the method until the latest prompt pass ended
+    decode_s: float | None = None                 # elapsed_s - prefill_s
+    weight_bytes_read: int | None = None          # weights of every pass run, target and draft
+    weight_traffic_gb_s: float | None = None      # weight_bytes_read / elapsed_s (bandwidth_gb_s: target only)
 
 
 @event_type("notice")
@@ -181,6 +195,19 @@ class NoticeEvent(Event):
     key: str
     message: str
     active: bool = True
+
+
+def notices(events: list[Event]) -> list[str]:
+    """What the user should know about a run, in words: the runner's notices on the request (e.g. a
+    clamped length), then the latest active NoticeEvent of each key, in the order they were raised."""
+    fixed = [n for e in events if isinstance(e, RunStarted) for n in e.notices]
+    latest: dict[str, str] = {}
+    for event in events:
+        if isinstance(event, NoticeEvent):
+            latest.pop(event.key, None)          # a key raised again moves to its new place
+            if event.active:
+                latest[event.key] = event.message
+    return fixed + list(latest.values())
 
 
 @event_type("error")
