@@ -11,7 +11,7 @@ import sys
 
 from strategies import REGISTRY
 
-from .events import MetricsEvent, TokenEvent, to_dicts
+from .events import MetricsEvent, TokenEvent, notices, to_dicts
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:
@@ -68,13 +68,13 @@ def cmd_generate(args) -> int:
             "run_id": run_id,
             "text": "".join(t.text for t in tokens),
             "token_ids": [t.token_id for t in tokens],
-            "notices": events[0].notices,
+            "notices": notices(events),
             "metrics": metrics.to_dict(),
             "events": to_dicts(events),
         }))
     else:
         print()
-        for notice in events[0].notices:
+        for notice in notices(events):
             print(f"note: {notice}", file=sys.stderr)
         print(f"[{metrics.new_tokens} tokens, {metrics.tokens_per_s:.1f} tok/s, {metrics.forward_passes} forward passes,"
               f" stopped by {metrics.stop_reason}{', run ' + run_id if run_id else ''}]", file=sys.stderr)

@@ -5,7 +5,8 @@ nothing here knows about any particular decoding method."""
 import html
 import threading
 import time
-from typing import Any
+from contextlib import closing
+from typing import Any, Iterator
 
 import gradio as gr
 
@@ -13,11 +14,12 @@ from storage import default_repository
 from strategies import REGISTRY, Param
 from visualizers import CSS, PANELS, render
 
+from .baseline import References, remember
 from .config import settings
 from .events import Event, MetricsEvent, TokenEvent
 from .models import EMBEDDED, EMBEDDED_NAME, load_model
 from .prompts import PROMPT_SETS
-from .runner import GenerationRequest, InvalidRequest, execute, prepare, warm_up
+from .runner import GenerationRequest, InvalidRequest, PreparedRun, execute, prepare, warm_up
 
 # Drawing must cost the generator under 10 % of its time: redraw at most every MIN_INTERVAL_S,
 # and never sooner than RENDER_FACTOR x the last drawing's cost.
@@ -66,10 +68,53 @@ def _history_rows() -> list[list[Any]]:
     return rows
 
 
+def request_from_inputs(param_keys: list[tuple[str, str]], inputs: tuple) -> GenerationRequest:
+    """The Generate form's values (model, draft, dtype, method, max new tokens, seed, chat, prompt,
+    then every method's parameters) as a request; only the chosen method's parameters go in."""
+    model_id, draft_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text = inputs[:8]
+    params = {p: v for (m, p), v in zip(param_keys, inputs[8:]) if m == method_name}
+    return GenerationRequest(prompt=prompt_text, strategy=method_name, params=params, model_id=model_id,
+                             dtype=dtype_name, max_new_tokens=64 if max_new_tokens is None else max_new_tokens,
+                             seed=seed_value if seed_value is not None else 0, chat=bool(use_chat),
+                             draft_model_id=(draft_id or "").strip() or None)
+
+
+def stream(prepared: PreparedRun, stop: threading.Event, references: References | None
+           ) -> Iterator[tuple[list[Event], str | None, References | None]]:
+    """A run as the page sees it: (events so far, None, None) at each redraw, paced so drawing costs the
+    method little, then (all events, saved run id, this user's greedy references updated by the run).
+    `references` is this browser session's own (a gr.State), never another visitor's."""
+    run = execute(prepared, stop, references=references)
+    events: list[Event] = []
+    saved = False
+    last_draw, draw_cost = 0.0, 0.0
+    try:
+        for event in run:
+            events.append(event)
+            if isinstance(event, MetricsEvent):
+                break
+            now = time.perf_counter()
+            first = isinstance(event, TokenEvent) and event.index == 0
+            if first or now - last_draw >= max(MIN_INTERVAL_S, RENDER_FACTOR * draw_cost):
+                yield events, None, None                       # the caller draws while we wait here
+                last_draw = time.perf_counter()
+                draw_cost = last_draw - now
+        run_id = default_repository().save(events)
+        saved = True
+        yield events, run_id, remember(references, events)
+    finally:
+        if not saved:       # the page was closed mid-run: stop the method, keep what it made
+            stop.set()
+            events.extend(run)
+            if events and isinstance(events[-1], MetricsEvent):
+                default_repository().save(events)
+
+
 def build_app() -> gr.Blocks:
     names = list(REGISTRY)
     param_keys: list[tuple[str, str]] = []
     with gr.Blocks(title="Decoding Playground") as demo:
+        greedy_references = gr.State({})     # this browser session's own greedy runs (baseline.py)
         gr.Markdown("## Decoding Playground\nPick a model and a decoding method, press **Generate**, and watch "
                     "the method work. Hover a token for its probability and the alternatives.")
         with gr.Tabs(selected="generate") as tabs:
@@ -91,7 +136,10 @@ def build_app() -> gr.Blocks:
                                     param_inputs.append(_param_component(param))
                                     param_keys.append((name, param.name))
                             groups.append(group)
-                        max_new = gr.Slider(1, settings().max_new_tokens_cap, value=64, step=1, label="max new tokens")
+                        # No maximum here: the server clamps (and says so), the one rule for the page and the API.
+                        max_new = gr.Number(value=64, minimum=1, precision=0, label="max new tokens",
+                                            info=f"the server cap is {settings().max_new_tokens_cap}; "
+                                                 "more is clamped to it, with a notice")
                         seed = gr.Number(value=0, precision=0, label="seed")
                         chat = gr.Checkbox(value=True, label="chat template (off: raw continuation)")
                     with gr.Column(scale=2):
@@ -137,48 +185,21 @@ def build_app() -> gr.Blocks:
 
         method.change(pick_method, method, groups + [method_help])
 
-        def run(request: gr.Request, *inputs):
+        def run(request: gr.Request, references, *inputs):
             # gradio injects `request` by position, so the inputs arrive as one flat tuple
-            model_id, draft_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text = inputs[:8]
-            values = inputs[8:]
-            params = {p: v for (m, p), v in zip(param_keys, values) if m == method_name}
-            req = GenerationRequest(prompt=prompt_text, strategy=method_name, params=params, model_id=model_id,
-                                    dtype=dtype_name, max_new_tokens=max_new_tokens if max_new_tokens is not None else 64,
-                                    seed=seed_value if seed_value is not None else 0, chat=bool(use_chat),
-                                    draft_model_id=(draft_id or "").strip() or None)
             try:
-                prepared = prepare(req)
+                prepared = prepare(request_from_inputs(param_keys, inputs))
             except InvalidRequest as exc:
                 raise gr.Error(str(exc), print_exception=False)
             stop = _stops[request.session_hash] = threading.Event()
-            stream = execute(prepared, stop)
-            events: list[Event] = []
-            saved = False
-            last_draw, draw_cost = 0.0, 0.0
-            try:
-                for event in stream:
-                    events.append(event)
-                    if isinstance(event, MetricsEvent):
-                        break
-                    now = time.perf_counter()
-                    first = isinstance(event, TokenEvent) and event.index == 0
-                    if first or now - last_draw >= max(MIN_INTERVAL_S, RENDER_FACTOR * draw_cost):
-                        outputs = _outputs_for(events)
-                        draw_cost, last_draw = time.perf_counter() - now, time.perf_counter()
-                        yield [outputs[0], "", *outputs[1:]]
-                run_id = default_repository().save(events)
-                saved = True
-                outputs = _outputs_for(events)
-                yield [outputs[0], _share_link(run_id), *outputs[1:]]
-            finally:
-                if not saved:       # the page was closed mid-run: stop the method, keep what it made
-                    stop.set()
-                    events.extend(stream)
-                    if events and isinstance(events[-1], MetricsEvent):
-                        default_repository().save(events)
+            with closing(stream(prepared, stop, references)) as page:   # a closed page stops the run now
+                for events, run_id, updated in page:
+                    outputs = _outputs_for(events)
+                    yield [outputs[0], _share_link(run_id) if run_id else "", *outputs[1:],
+                           updated if updated is not None else gr.skip()]
 
-        gen_inputs = [model, draft, dtype, method, max_new, seed, chat, prompt, *param_inputs]
-        gen_outputs = [text, link, metrics, *plots]
+        gen_inputs = [greedy_references, model, draft, dtype, method, max_new, seed, chat, prompt, *param_inputs]
+        gen_outputs = [text, link, metrics, *plots, greedy_references]
         generate_btn.click(run, gen_inputs, gen_outputs, concurrency_limit=1)
         prompt.submit(run, gen_inputs, gen_outputs, concurrency_limit=1)
 

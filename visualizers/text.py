@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import math
 
-from playground.events import Event, RunStarted, TokenEvent, TreeEvent
+from playground.events import Event, RunStarted, TokenEvent, TreeEvent, notices
 
 CONTROL_NAMES = {"\n": "\u21b5\n", "\t": "\u2192\t", "\r": "\u240d"}
 
@@ -69,9 +69,13 @@ def tokens_html(events: list[Event]) -> str:
         if previews:
             preview = f'<span class="dp-preview" title="best hypothesis so far, not yet committed">{esc(previews[-1])}</span>'
     prompt = next((e.prompt for e in events if isinstance(e, RunStarted)), "")
-    head = f'<div class="dp-prompt">{esc(prompt)}</div>' if prompt else ""
+    head = notices_html(events) + (f'<div class="dp-prompt">{esc(prompt)}</div>' if prompt else "")
     body = "".join(parts) + preview or '<span class="dp-empty">(no output yet)</span>'
     return f'<div class="dp-text">{head}<div class="dp-output">{body}</div></div>'
+
+
+def notices_html(events: list[Event]) -> str:
+    return "".join(f'<div class="dp-notice">{esc(n)}</div>' for n in notices(events))
 
 
 CSS = """
@@ -86,5 +90,5 @@ CSS = """
 .dp-preview { color: #888; font-style: italic; }
 .dp-empty { color: #999; }
 .dp-metrics td { padding: 2px 10px 2px 0; } .dp-metrics td:first-child { color: #666; }
-.dp-notice { color: #8a5a00; }
+.dp-notice { color: #8a5a00; background: #fff6df; border-left: 3px solid #e0a800; padding: 2px 8px; margin-bottom: 6px; }
 """
