@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from transformers import DynamicCache
@@ -163,6 +163,12 @@ class DecodeSession:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
+class StopRun(Exception):
+    """Thrown into a strategy's generator when the user presses Stop. A strategy that holds output
+    it has not committed yet (beam search commits only at the end) catches it, yields that output,
+    and returns; any other strategy just ends where it is."""
+
+
 class Stopwatch:
     """Time spent inside a method's generator (never in whoever draws its events), and where in that
     time the prompt pass ended and the first token arrived. One definition for every method:
@@ -178,13 +184,20 @@ class Stopwatch:
     def decode_s(self) -> float:
         return self.busy - self.prefill_s
 
-    def run(self, events: Iterator[Event]) -> Iterator[Event]:
-        """Yield `events`, timing each step of the method; the caller's time between steps is not counted."""
+    def run(self, events: Iterator[Event], stopping: Callable[[], bool] = lambda: False) -> Iterator[Event]:
+        """Yield `events`, timing each step of the method; the caller's time between steps is not counted.
+        Once `stopping()` holds, StopRun is thrown into the method (once), and what it still yields (a
+        beam's best hypothesis) is yielded and timed like the rest; then `stopped` is True."""
+        self.stopped = False
         while True:
             start = time.perf_counter()
             try:
-                event = next(events)
-            except StopIteration:
+                if stopping() and not self.stopped:
+                    self.stopped = True
+                    event = events.throw(StopRun())
+                else:
+                    event = next(events)
+            except (StopIteration, StopRun):
                 return
             finally:
                 self._account(start, time.perf_counter())

@@ -132,7 +132,7 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
     watch = Stopwatch(session)
     new_tokens, stop_reason, method = 0, "length", {}
     try:
-        for event in watch.run(events):
+        for event in watch.run(events, stopping=lambda: cancel is not None and cancel.is_set()):
             if isinstance(event, TokenEvent):
                 new_tokens += 1
                 if event.token_id in loaded.eos_ids:
@@ -140,9 +140,8 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
             elif isinstance(event, StatsEvent):
                 method.update(event.values)
             yield event
-            if cancel is not None and cancel.is_set():
-                stop_reason = "stopped"
-                break
+        if watch.stopped:
+            stop_reason = "stopped"
     except Exception as exc:  # a failing step ends this run, never the app; the message is kept
         stop_reason = "error"
         yield ErrorEvent(f"{type(exc).__name__}: {exc}")

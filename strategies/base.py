@@ -9,18 +9,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Iterator
 
-from playground.decoding import DecodeSession
+from playground.decoding import DecodeSession, StopRun  # noqa: F401 (StopRun: part of the protocol)
 from playground.events import Event
 
 
 class InvalidParameter(ValueError):
     pass
-
-
-class StopRun(Exception):
-    """Thrown into a strategy's generator when the user presses Stop. A strategy that holds output
-    it has not committed yet (beam search commits only at the end) catches it, yields that output,
-    and returns; any other strategy just ends where it is."""
 
 
 @dataclass(frozen=True)

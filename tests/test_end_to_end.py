@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from playground.events import MetricsEvent, TokenEvent
+from playground.events import MetricsEvent, TokenEvent, TreeEvent
 from playground.runner import GenerationRequest, InvalidRequest, execute, generate, prepare
 from storage import RunRepository
 from strategies import REGISTRY
@@ -114,6 +114,24 @@ def test_stop_ends_the_run_and_it_is_still_saved(embedded):
     assert isinstance(metrics, MetricsEvent) and metrics.stop_reason == "stopped" and metrics.new_tokens == 3
     run_id = RunRepository().save(events)
     assert RunRepository().get(run_id).status == "stopped"
+
+
+def test_beam_stopped_mid_run_saves_its_best_hypothesis(embedded):
+    """Beam search commits at the end; stopped after 5 steps it used to save 0 tokens. Now the runner
+    throws StopRun into the method, which commits its best hypothesis so far, and that is saved."""
+    stop, events = threading.Event(), []
+    request = GenerationRequest("Write a long story about the sea.", strategy="beam", params={"num_beams": 2},
+                                max_new_tokens=60)
+    for event in execute(prepare(request, embedded), stop):
+        events.append(event)
+        if isinstance(event, TreeEvent) and event.step == 4:
+            stop.set()
+    metrics = events[-1]
+    assert metrics.stop_reason == "stopped" and metrics.new_tokens == 5
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    saved = RunRepository().get(RunRepository().save(events))
+    assert saved.status == "stopped" and saved.metrics["new_tokens"] == 5
+    assert saved.output == "".join(t.text for t in tokens) and saved.output.strip()
 
 
 def test_writes_are_whole_or_nothing(embedded):
