@@ -70,6 +70,7 @@ class RunStarted(Event):
     forward: str = ""             # PLAYGROUND_FORWARD: "lean" or "transformers"
     torch_threads: int = 0
     versions: dict[str, str] = field(default_factory=dict)   # python, torch, transformers, ...
+    lossless: bool | None = None  # this configuration's output equals greedy token for token (None: not recorded)
 
 
 @event_type("token")

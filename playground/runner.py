@@ -158,7 +158,8 @@ def run_started(run: PreparedRun, run_id: str | None) -> RunStarted:
                       max_new_tokens=run.max_new_tokens, notices=list(run.notices),
                       draft_model_id=run.draft.model_id if run.draft else "", chat=bool(run.request.chat),
                       prompt_ids=list(run.prompt_ids), forward=settings().forward,
-                      torch_threads=torch.get_num_threads(), versions=library_versions())
+                      torch_threads=torch.get_num_threads(), versions=library_versions(),
+                      lossless=run.strategy.is_lossless())
 
 
 def run_metrics(run: PreparedRun, session: DecodeSession, watch: Stopwatch, new_tokens: int, stop_reason: str,

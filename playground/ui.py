@@ -45,8 +45,7 @@ def _param_component(param: Param):
 def _method_help(name: str) -> str:
     cls = REGISTRY[name]
     link = f" [paper]({cls.paper})" if cls.paper else ""
-    lossless = " Lossless: output equals greedy." if cls.lossless else ""
-    return f"{html.escape(cls.summary)}{lossless}{link}"
+    return f"{html.escape(cls.summary)} {html.escape(cls.lossless_help())}{link}"
 
 
 def _outputs_for(events: list[Event]) -> list[Any]:

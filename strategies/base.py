@@ -76,6 +76,16 @@ class Strategy:
         self.p = {name: param.parse(values.get(name, param.default)) for name, param in known.items()}
         self.check()
 
+    @classmethod
+    def lossless_help(cls) -> str:
+        """What the UI says about losslessness: only what holds, and for which parameters."""
+        if not cls.lossless:
+            return ""
+        if any(p.name == "temperature" for p in cls.params):
+            return ("Lossless (output equals greedy) at temperature 0; above it, exact sampling from the "
+                    "target's warped distribution.")
+        return "Lossless: output equals greedy."
+
     def is_lossless(self) -> bool:
         """Whether THIS configuration equals plain greedy token for token. Methods with a sampling
         mode are lossless only at temperature 0; greedy itself is the reference, not 'lossless'."""

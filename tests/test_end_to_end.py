@@ -159,6 +159,7 @@ def test_metrics_are_measured(embedded):
     assert 0 < m.prefill_s < m.time_to_first_token_s and m.prefill_s + m.decode_s == pytest.approx(m.elapsed_s)
     assert m.decode_tokens_per_s == pytest.approx(7 / m.decode_s)      # tests/test_metrics.py checks it against a wall clock
     assert m.speedup_vs_greedy == pytest.approx(1.0) and m.greedy_reference == "this greedy run (8 tokens)"
+    assert events[0].lossless is False                                  # greedy is the reference, not "lossless"
 
 
 def test_speedup_vs_greedy_is_measured_against_the_callers_own_greedy_run(embedded, monkeypatch):

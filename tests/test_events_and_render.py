@@ -85,3 +85,28 @@ def test_plain_steps_draw_no_acceptance_and_no_tree():
     assert rate[:33] == [None] * 33 and rate[33:] == [1.0, 1.0]     # no rate before anything was drafted
     tree = tree_figure(events)                                     # the plain step after it keeps it in view
     assert tree is not None and any("c" in str(t) for d in tree.data for t in (d.text or []))
+
+
+def test_lossless_is_said_only_where_it_holds():
+    """'Lossless' is claimed for exactly the configurations the exactness tests check against greedy:
+    every speculative method at temperature 0, never above it, and greedy is the reference, not lossless."""
+    from strategies import REGISTRY
+    from visualizers.metrics import metrics_rows
+
+    tested_equal_to_greedy = {"prompt_lookup", "token_recycling", "dyspec", "rasd", "speculative", "early_exit",
+                              "rsd", "rsd_s", "spectr"}      # test_speculative_greedy.py, test_speculative_sampling.py
+    assert {n for n, cls in REGISTRY.items() if cls().is_lossless()} == tested_equal_to_greedy
+    for name in tested_equal_to_greedy - {"prompt_lookup", "token_recycling", "rasd"}:
+        assert not REGISTRY[name](temperature=0.8).is_lossless(), name
+        assert "at temperature 0" in REGISTRY[name].lossless_help()
+    assert REGISTRY["greedy"].lossless_help().startswith("The reference")
+    assert REGISTRY["sampling"].lossless_help() == "" and REGISTRY["beam"].lossless_help() == ""
+
+    def row(strategy, lossless):
+        start = RunStarted("r", "m", "float32", strategy, {}, 0, "p", 3, 8, lossless=lossless)
+        return dict(metrics_rows([start]))["output equals greedy (lossless)"]
+
+    assert row("greedy", False) == "greedy is the reference"
+    assert row("speculative", True) == "yes, for these parameters"
+    assert row("speculative", False) == "no, for these parameters"
+    assert "output equals greedy (lossless)" not in dict(metrics_rows([RunStarted("r", "m", "f", "x", {}, 0, "p", 3, 8)]))

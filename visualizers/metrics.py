@@ -23,8 +23,14 @@ def _fmt(value) -> str:
     return f"{value:,}"
 
 
+LOSSLESS = {(True, False): "greedy is the reference", (False, True): "yes, for these parameters",
+            (False, False): "no, for these parameters", (True, True): "greedy is the reference"}
+
+
 def record_rows(start: RunStarted) -> list[tuple[str, str]]:
     rows = [("method", start.strategy), ("model", f"{start.model_id} ({start.dtype})")]
+    if start.lossless is not None:
+        rows.append(("output equals greedy (lossless)", LOSSLESS[start.strategy == "greedy", start.lossless]))
     if start.draft_model_id:
         rows.append(("draft model", start.draft_model_id))
     rows += [("chat template", "-" if start.chat is None else "on" if start.chat else "off"),

@@ -11,6 +11,10 @@ class Greedy(Strategy):
     summary = "Argmax at every step; deterministic, the baseline for lossless methods."
     lossless = True
 
+    @classmethod
+    def lossless_help(cls) -> str:
+        return "The reference: every lossless method is tested to equal it token for token."
+
     def is_lossless(self) -> bool:
         return False            # the reference itself: nothing to be lossless against
 
