@@ -136,8 +136,11 @@ class VerifyEvent(Event):
 
     `depth_accepted[d]` says whether the round's accepted path reached depth d+1, for every
     depth at which the round proposed at least one draft token: the per-position acceptance.
-    `rejection`, for sampling modes, holds the top tokens at the first rejection with their
-    target p, draft q and the residual max(0, p - q) normalised: keys token_ids, texts, p, q, residual.
+    `rejection`, for sampling modes, holds the top tokens at the round's final rejection with their
+    target p, draft q and `residual`: the law the recovered token was actually drawn from (one
+    candidate: norm(max(0, p - q)); K candidates by recursive rejection: p after K updates; SpecTr:
+    the K-SEQ residual), described in words by `residual_rule`; keys token_ids, texts, p, q,
+    residual, draft_token, rejected_tokens, recovered_token, residual_rule, position.
     """
 
     step: int
