@@ -1,8 +1,10 @@
 """Sampling rules: each warper keeps exactly what its rule allows (transformers' warpers as the
-oracle), Top-H matches transformers' `top_h`, seeded runs repeat, and samples follow the
-warped distribution."""
+oracle), each Top-H criterion equals its own oracle on vocabularies past top_n, seeded runs
+repeat, and samples follow the warped distribution."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers.generation.logits_process import TopHLogitsWarper
 from strategies.sampling import warpers
 from strategies.sampling.ancestral import Sampling
 from strategies.sampling.top_h import TopH
-from strategies.sampling.warpers import top_h_keep
+from strategies.sampling.warpers import TOP_H_CRITERIA, WarperChain, top_h_keep
 from tests.test_exactness import PROMPTS, hf, run_strategy
 
 
@@ -64,42 +66,184 @@ def test_sampling_chain_matches_transformers_order():
             torch.isfinite(ours), torch.isfinite(chain(None, logits.clone())))
 
 
-@pytest.mark.parametrize("alpha", [0.1, 0.3, 0.4, 0.6, 0.9])
-def test_top_h_matches_transformers_top_h(alpha):
-    # With vocab <= top_n the top-n holds all the mass, where the released rule and transformers agree exactly.
-    # (At alpha = 1 the last token ties the budget exactly and rounding decides; the released code
-    # even indexes past its list there, so the boundary is left out.)
+# --- Top-H: each criterion against its own oracle, on vocabularies wider than top_n ----------------------
+
+def wide_logits(vocab):
+    """Gaussian logits at five scales (near uniform to one dominant token) and Zipf-like ones at three
+    slopes (a language model's long tail): the top-100 holds from a sliver to nearly all of the mass."""
+    g = torch.Generator().manual_seed(vocab)
+    scales = torch.tensor([0.5, 1.0, 2.0, 4.0, 8.0], dtype=torch.float64)
+    gauss = torch.randn(len(scales), vocab, generator=g, dtype=torch.float64) * scales[:, None]
+    slopes = torch.tensor([0.8, 1.1, 1.5], dtype=torch.float64)
+    ranks = torch.stack([torch.randperm(vocab, generator=g) for _ in slopes]).double() + 1
+    zipf = -slopes[:, None] * ranks.log() + 0.3 * torch.randn(len(slopes), vocab, generator=g, dtype=torch.float64)
+    return torch.cat([gauss, zipf])
+
+
+# alpha = 1 is left out: the last candidate then ties the budget exactly and rounding decides (the released
+# loop even indexes past its list there).
+TOP_H_ALPHAS = (0.1, 0.3, 0.4, 0.6, 0.9)
+WIDE_VOCABS = (500, 49152)                       # 49152: the embedded SmolLM2's vocabulary
+
+
+def kept_by_top_h(logits, alpha, top_n, criterion):
+    return torch.isfinite(warpers.top_h(logits[None], alpha, top_n, criterion))[0]
+
+
+def released_top_h_loop(logits, alpha, top_n=100):
+    """Oracle for "authors": TopH_LogitsProcessor.__call__ from the authors' logit_processor.py
+    (github ErfanBaghaei/Top-H-Decoding), transcribed for one row of already tempered logits, in bits as
+    they compute. Two changes, both marked: x log2 x is clamped so that 0 log 0 = 0 (the released code
+    gives NaN), and the loop ends with the list (the released one indexes one past it when every
+    candidate fits). Returns the kept token ids."""
+    probs = torch.softmax(logits, dim=-1)
+    top_n_probs, top_n_indices = torch.topk(probs, top_n, largest=True, sorted=True)
+
+    def xlog2x(x):                                                      # change 1: the clamp
+        return x * torch.log2(x.clamp_min(torch.finfo(x.dtype).tiny))
+
+    def calculate_entropy(p):
+        p = p / torch.sum(p)
+        return -torch.sum(xlog2x(p))
+
+    bias = 0.0
+    mass = top_n_probs.sum()                                            # the released code calls it `alpha`
+    tau = ((calculate_entropy(top_n_probs) - torch.log2(mass)) * mass - bias) * alpha
+    valid_indices = []
+    ind = 1
+    sigma = top_n_probs[0]
+    H = -xlog2x(top_n_probs[0])
+    for idx in top_n_indices:
+        valid_indices.append(int(idx))
+        ind += 1
+        if ind - 1 == top_n:                                            # change 2: no index past the list
+            break
+        H = H - xlog2x(top_n_probs[ind - 1])
+        sigma = sigma + top_n_probs[ind - 1]
+        entropy_diff = (H / sigma) + torch.log2(sigma)
+        if entropy_diff > (tau / sigma + torch.log2(sigma)):
+            break
+    return valid_indices
+
+
+def normalized_brute_force(logits, alpha, top_n=100):
+    """Oracle for "normalized": the entropy of every renormalised prefix q_k of the sorted top_n, each
+    computed from scratch, and the largest k with H(q_k) <= alpha H(p) (at least 1): the most mass any
+    prefix can keep under the paper's constraint."""
+    def entropy(x):
+        x = x / x.sum()
+        return float(-torch.special.xlogy(x, x).sum())
+
+    p = torch.softmax(logits, -1)
+    ordered = torch.sort(p, descending=True).values[:top_n]
+    feasible = [k for k in range(1, top_n + 1) if entropy(ordered[:k]) <= alpha * entropy(p)]
+    return max(feasible, default=1)
+
+
+@pytest.mark.parametrize("vocab", WIDE_VOCABS)
+def test_top_h_transformers_rule_equals_transformers_warper(vocab):
+    for top_n in (100, 37):
+        for logits in wide_logits(vocab):
+            for alpha in TOP_H_ALPHAS:
+                warper = TopHLogitsWarper(alpha)
+                warper.top_n = top_n                # transformers fixes 100; 37 checks that ours follows top_n
+                expected = torch.isfinite(warper(None, logits[None].clone())[0])
+                assert torch.equal(kept_by_top_h(logits, alpha, top_n, "transformers"), expected), (top_n, alpha)
+
+
+@pytest.mark.parametrize("vocab", WIDE_VOCABS)
+def test_top_h_authors_rule_equals_the_released_loop(vocab):
+    for top_n in (100, 37):
+        for logits in wide_logits(vocab):
+            for alpha in TOP_H_ALPHAS:
+                expected = torch.zeros(vocab, dtype=torch.bool)
+                expected[released_top_h_loop(logits, alpha, top_n)] = True
+                assert torch.equal(kept_by_top_h(logits, alpha, top_n, "authors"), expected), (top_n, alpha)
+
+
+@pytest.mark.parametrize("vocab", WIDE_VOCABS)
+def test_top_h_normalized_rule_equals_brute_force(vocab):
+    for top_n in (100, 37):
+        for logits in wide_logits(vocab):
+            for alpha in TOP_H_ALPHAS:
+                kept, *_ = top_h_keep(logits, alpha, top_n, "normalized")
+                assert kept == normalized_brute_force(logits, alpha, top_n), (top_n, alpha)
+                assert int(kept_by_top_h(logits, alpha, top_n, "normalized").sum()) == kept
+
+
+def test_top_h_authors_and_transformers_agree_only_when_top_n_holds_all_mass():
+    # vocab <= top_n: the top-n is the whole distribution, and renormalising within it changes nothing.
     for seed in range(10):
-        logits = random_logits(seed, rows=1, scale=0.5 + seed)[0]
-        kept, *_ = top_h_keep(logits, alpha, 100, "released")
-        oracle = TopHLogitsWarper(alpha)(None, logits[None].clone())[0]
-        assert kept == int(torch.isfinite(oracle).sum()), (alpha, seed)
+        logits = random_logits(seed, rows=1, scale=0.5 + seed)[0]                  # vocab 96
+        for alpha in TOP_H_ALPHAS:
+            assert torch.equal(kept_by_top_h(logits, alpha, 100, "authors"),
+                               kept_by_top_h(logits, alpha, 100, "transformers")), (seed, alpha)
+    # vocab > top_n: they are different rules. One case pinned (so nobody calls them equal again), then a count.
+    logits = wide_logits(49152)[5]                  # Zipf-like, slope 0.8: the top-100 holds 22 % of the mass
+    assert top_h_keep(logits, 0.4, 100, "authors")[0] != top_h_keep(logits, 0.4, 100, "transformers")[0]   # 12, 15
+    cases = [(logits, alpha) for vocab in WIDE_VOCABS for logits in wide_logits(vocab) for alpha in TOP_H_ALPHAS]
+    differ = sum(top_h_keep(l, a, 100, "authors")[0] != top_h_keep(l, a, 100, "transformers")[0] for l, a in cases)
+    assert differ >= len(cases) // 4, (differ, len(cases))            # 29 of 80 when written
 
 
 def test_top_h_invariants():
     for seed in range(20):
         logits = random_logits(seed, vocab=500, rows=1, scale=0.5 + seed % 5)[0]
-        for criterion in ("released", "normalized"):
+        for criterion in TOP_H_CRITERIA:
             sizes = [top_h_keep(logits, a, 100, criterion)[0] for a in (0.05, 0.2, 0.4, 0.7, 1.0)]
             assert sizes[0] >= 1 and sizes == sorted(sizes), (criterion, sizes)      # monotone in alpha
     one_hot = torch.full((50,), -1e4, dtype=torch.float64)
     one_hot[7] = 10.0
-    assert top_h_keep(one_hot, 1.0)[0] == 1
     near_uniform = torch.zeros(300, dtype=torch.float64) + torch.linspace(0, 1e-3, 300, dtype=torch.float64)
-    assert top_h_keep(near_uniform, 1.0, 100)[0] == 100                          # alpha=1 keeps all top_n
+    for criterion in TOP_H_CRITERIA:
+        assert top_h_keep(one_hot, 1.0, 100, criterion)[0] == 1
+    assert top_h_keep(near_uniform, 1.0, 100, "authors")[0] == 100                  # alpha=1 keeps all top_n
+    assert top_h_keep(near_uniform, 1.0, 100, "transformers")[0] == 100
 
 
 def test_top_h_rules_differ_as_documented():
-    differ = sum(top_h_keep(l, 0.4, 100, "released")[0] != top_h_keep(l, 0.4, 100, "normalized")[0]
+    differ = sum(top_h_keep(l, 0.4, 100, "authors")[0] != top_h_keep(l, 0.4, 100, "normalized")[0]
                  for l in random_logits(3, vocab=1000, rows=200, scale=2.0))
     assert differ > 50     # ALGORITHMS.md measured 78% on random distributions
+
+
+def test_the_family_chain_takes_the_top_h_rule():
+    logits = wide_logits(500)
+    for criterion in TOP_H_CRITERIA:
+        chain = WarperChain(dict(temperature=1.0, top_h=0.4, top_h_rule=criterion))
+        assert torch.equal(chain(logits), warpers.top_h(logits, 0.4, 100, criterion)), criterion
+    authors = warpers.top_h(logits, 0.4, 100, "authors")
+    assert not torch.equal(authors, warpers.top_h(logits, 0.4, 100, "transformers"))   # so the rule reaches the chain
+    # A run saved before top_h_rule existed computed the authors' rule, and still does.
+    assert torch.equal(WarperChain(dict(temperature=1.0, top_h=0.4))(logits), authors)
+
+
+def test_top_h_choices_are_named_honestly_and_old_runs_still_load():
+    criterion = next(p for p in TopH.params if p.name == "criterion")
+    rule = next(p for p in Sampling.params if p.name == "top_h_rule")
+    for param in (criterion, rule):
+        assert param.choices == ("authors", "transformers", "normalized") and param.default == "authors"
+        assert "authors' released code" in param.help and "transformers' top_h" in param.help
+        assert "agree exactly when" in param.help and "H(q) <= alpha H(p)" in param.help
+        assert param.parse("released") == "authors"                        # the old name of the authors' rule
+    json.dumps([TopH.schema(), Sampling.schema()])                         # the CLI's --json still works
+    assert TopH(criterion="released").p["criterion"] == "authors"
+    assert Sampling(top_h=0.4, top_h_rule="released").p["top_h_rule"] == "authors"
+    logits = wide_logits(500)[1]
+    assert top_h_keep(logits, 0.4, 100, "released") == top_h_keep(logits, 0.4, 100, "authors")
+    from strategies import InvalidParameter
+
+    with pytest.raises(InvalidParameter, match="criterion must be one of authors, transformers, normalized"):
+        TopH(criterion="paper")
+    with pytest.raises(ValueError, match="Top-H criterion"):
+        top_h_keep(logits, 0.4, 100, "paper")
 
 
 def test_top_h_in_generate_equals_standalone(tiny_model, tiny_tokenizer):
     """The same seed gives the same tokens from our Top-H loop and from generate(top_h=...)."""
     for prompt in PROMPTS:
         ours, _, _ = run_strategy(tiny_model, tiny_tokenizer, "top_h", prompt, max_new=16, seed=123,
-                                  alpha=0.5, temperature=1.0)
+                                  alpha=0.5, temperature=1.0, criterion="transformers")
         torch.manual_seed(123)
         ref = hf(tiny_model, prompt, max_new=16, do_sample=True, top_h=0.5, temperature=1.0, top_k=0, top_p=1.0)
         assert ours == ref

@@ -1,27 +1,30 @@
 """Top-H: entropy-bounded truncation (Baghaei et al., NeurIPS 2025, arXiv 2509.02510).
 
 Tokens are added in descending probability while the entropy of the kept set stays within a
-budget proportional to the model's own entropy. Two stopping rules:
+budget proportional to the model's own entropy. Three stopping rules, P the top-n probabilities:
 
-* "released" (default): the rule in the authors' released logits processor and in transformers'
-  `TopHLogitsWarper`: with P the top-n probabilities, keep token k while the *unnormalised*
-  partial entropy -sum_{i<=k} P_i log P_i <= alpha * (-sum_{i<n} P_i log P_i).
+* "authors" (default; "released" in runs saved before the transformers rule was told apart): the
+  authors' released logit_processor.py: keep token k while the *unnormalised* partial entropy
+  -sum_{i<=k} P_i log P_i <= alpha * (-sum_{i<n} P_i log P_i).
+* "transformers": transformers' `TopHLogitsWarper`: the same loop on P renormalised within the
+  top-n (transformers fixes n = 100).
 * "normalized": the paper's constraint H(q) <= alpha * H(p), q the renormalised kept set.
 
-Both are computed in nats; the rule is the same in bits (both sides scale together).
+"authors" and "transformers" agree exactly when the top-n holds all the mass s = sum(P) (vocab <=
+top_n) and otherwise often differ: renormalised, the test reads
+partial_k + sigma_k log s <= alpha * (partial_n + s log s), sigma_k the mass of tokens 0..k, and the
+two log s terms cancel only at s = 1.
+
+All are computed in nats; each rule is the same in bits (both sides scale together).
 Temperature is applied exactly once, before the entropies (the released code applied it twice
 when combined with transformers' own temperature warper).
-
-transformers renormalises P within the top-n before taking entropies; the released code does
-not. The two agree exactly when the top-n holds all the mass (vocab <= top_n) and differ only
-by that missing tail otherwise.
 """
 
 from __future__ import annotations
 
 from ..base import InvalidParameter, Param, Strategy
 from . import warpers
-from .warpers import TOP_H_CRITERIA, top_h_keep
+from .warpers import TOP_H_ALIASES, TOP_H_CRITERIA, AliasedChoice, top_h_criterion_help, top_h_keep
 
 
 class TopH(Strategy):
@@ -33,8 +36,8 @@ class TopH(Strategy):
         Param("alpha", "float", 0.4, 0.01, 1.0, help="Entropy budget coefficient in (0, 1]; paper suggests 0.3-0.5.", step=0.01),
         Param("temperature", "float", 1.0, 0.05, 5.0, help="Applied once, before the entropies (paper's scripts use 2.0).", step=0.05),
         Param("top_n", "int", 100, 1, 1000, help="Only the n most probable tokens are candidates.", step=1),
-        Param("criterion", "choice", "released", choices=TOP_H_CRITERIA,
-              help="released: the authors' code and transformers' rule; normalized: H(q) <= alpha H(p)."),
+        AliasedChoice("criterion", "choice", "authors", choices=TOP_H_CRITERIA, aliases=TOP_H_ALIASES,
+                      help=top_h_criterion_help("n")),
     )
 
     def check(self):

@@ -6,12 +6,17 @@ off (top_k=0, top_p=1, min_p=0, typical_p=1, epsilon=0, eta=0, top_h=0) returns 
 
 `WarperChain` composes them like transformers' LogitsProcessorList, in transformers' order so
 results are comparable: temperature -> top-k -> top-p -> min-p -> typical-p -> epsilon -> eta,
-then Top-H (entropy-bounded, measured on what the earlier rules left). Every sampling method
+then Top-H (entropy-bounded, measured on what the earlier rules left). transformers' generate puts
+its top_h elsewhere, right after temperature: with another rule on as well, our chain equals a
+LogitsProcessorList with TopHLogitsWarper last, not generate(top_h=...). Every sampling method
 builds its chain from the same parameters (`family_params`), speculative verification included,
 where the one chain warps both the target p and the draft q.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -96,33 +101,77 @@ def kept_count(logits: torch.Tensor) -> int:
 
 # --- Top-H: entropy-bounded truncation (Baghaei et al. 2025; see top_h.py for the method) -------------
 
-TOP_H_CRITERIA = ("released", "normalized")
+# Three stopping rules, named for where each comes from. With P the top-n probabilities of p:
+#   authors       the authors' released logit_processor.py: keep token k while the *unnormalised* partial
+#                 entropy -sum_{i<=k} P_i log P_i <= alpha * (-sum_{i<n} P_i log P_i).
+#   transformers  transformers' TopHLogitsWarper: the same loop on P renormalised within the top-n first.
+#   normalized    the paper's constraint H(q) <= alpha * H(p), q the renormalised kept set, p the full law.
+# authors and transformers agree exactly when the top-n holds all the mass (vocab <= top_n, or everything
+# past the top-n already masked) and otherwise often keep different numbers of tokens.
+TOP_H_CRITERIA = ("authors", "transformers", "normalized")
+# "released" was the authors' rule's name until the transformers rule was told apart from it; saved runs
+# carry it, so it still parses (to what it computed).
+TOP_H_ALIASES = (("released", "authors"),)
 
 
-def top_h_keep(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "released"):
+def top_h_criterion_help(n: str) -> str:
+    """The help text of a criterion choice; `n` is the candidate count ("100", or "n" for a parameter)."""
+    return (f"authors: the authors' released code (budget alpha x the unnormalised entropy of the top-{n}); "
+            f"transformers: transformers' top_h (the same rule on the top-{n} renormalised first). The two "
+            f"agree exactly when the top-{n} holds all the mass (vocab <= {n}) and often keep different sets "
+            "on a real vocabulary. normalized: the paper's H(q) <= alpha H(p).")
+
+
+def top_h_criterion(name: str) -> str:
+    """The criterion a (possibly retired) name stands for; an unknown name is an error, never a fallback."""
+    name = dict(TOP_H_ALIASES).get(name, name)
+    if name not in TOP_H_CRITERIA:
+        raise ValueError(f"Top-H criterion must be one of {', '.join(TOP_H_CRITERIA)}, got {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class AliasedChoice(Param):
+    """A choice parameter that also accepts retired names, so saved runs keep loading; the UI lists
+    only `choices`, and a retired name parses to the current one."""
+
+    aliases: tuple[tuple[str, str], ...] = ()      # (retired name, current name)
+
+    def parse(self, raw: Any) -> Any:
+        return super().parse(dict(self.aliases).get(raw, raw) if isinstance(raw, str) else raw)
+
+
+def _top_h_measure(top: torch.Tensor, full: torch.Tensor, alpha: float, criterion: str):
+    """(measured entropy of each prefix 0..k, budget) in nats for one criterion; `top` is the sorted top-n
+    of the full distribution `full`. Every rule is the same in bits (both sides scale together)."""
+    if criterion == "normalized":
+        partial = (-torch.special.xlogy(top, top)).cumsum(-1)
+        mass = top.cumsum(-1)
+        return partial / mass + torch.log(mass), alpha * float(-torch.special.xlogy(full, full).sum())
+    if criterion == "transformers":
+        top = top / top.sum()                   # renormalise within the top-n, as TopHLogitsWarper does
+    partial = (-torch.special.xlogy(top, top)).cumsum(-1)                 # 0 log 0 = 0, no NaN
+    return partial, alpha * float(partial[-1])
+
+
+def top_h_keep(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "authors"):
     """Kept-set size and the numbers behind it for one distribution (logits already tempered).
 
-    Returns (kept, budget, kept_entropy, kept_mass) with entropies in nats.
+    Returns (kept, budget, measured entropy of the kept set, kept mass of p), entropies in nats, the
+    measured entropy being the one the criterion bounds (see TOP_H_CRITERIA above).
     """
+    criterion = top_h_criterion(criterion)
     probs = torch.softmax(logits.double(), -1)
     top = torch.topk(probs, min(top_n, probs.shape[-1])).values          # sorted, descending
-    terms = -torch.special.xlogy(top, top)                              # 0 log 0 = 0, no NaN
-    partial = terms.cumsum(-1)                                          # unnormalised H of 0..k
-    mass = top.cumsum(-1)
-    if criterion == "released":
-        budget = alpha * partial[-1]
-        measured = partial
-    else:
-        budget = alpha * float(-(torch.special.xlogy(probs, probs)).sum())
-        measured = partial / mass + torch.log(mass)                     # H(q) of the renormalised prefix
+    measured, budget = _top_h_measure(top, probs, alpha, criterion)
     over = (measured > budget) | (top <= 0)                              # zero-mass tokens never join
     over[0] = False                                                     # the top token always stays
     # The set is a prefix: stop at the first token that breaks the budget.
     kept = int(over.long().cumsum(-1).eq(0).sum())
-    return kept, float(budget), float(measured[kept - 1]), float(mass[kept - 1])
+    return kept, float(budget), float(measured[kept - 1]), float(top.cumsum(-1)[kept - 1])
 
 
-def top_h(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "released") -> torch.Tensor:
+def top_h(logits: torch.Tensor, alpha: float, top_n: int = 100, criterion: str = "authors") -> torch.Tensor:
     """Keep the Top-H set of each row (alpha 0 = off)."""
     if alpha <= 0:
         return logits
@@ -149,7 +198,8 @@ class WarperChain:
         self.temperature = float(values.get("temperature", 1.0))
         self.rules = [(name, fn, values[name]) for name, fn in RULES if name in values]
         self.top_h = (float(values.get("top_h", 0.0)), int(values.get("top_h_n", 100)),
-                      str(values.get("top_h_rule", "released")))
+                      # runs saved before top_h_rule existed computed the authors' rule
+                      top_h_criterion(str(values.get("top_h_rule", "authors"))))
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         logits = temperature(logits, self.temperature)
@@ -174,6 +224,8 @@ def family_params(temperature_default: float, temperature_low: float) -> tuple:
         Param("top_h", "float", 0.0, 0.0, 1.0,
               help="Top-H entropy budget alpha, applied after the rules above (0 = off; see the Top-H method).",
               step=0.01),
+        AliasedChoice("top_h_rule", "choice", "authors", choices=TOP_H_CRITERIA, aliases=TOP_H_ALIASES,
+                      help="Top-H rule when top_h > 0. " + top_h_criterion_help("100")),
     )
 
 
