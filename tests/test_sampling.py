@@ -1,6 +1,7 @@
 """Sampling rules: each warper keeps exactly what its rule allows (transformers' warpers as the
-oracle), each Top-H criterion equals its own oracle on vocabularies past top_n, seeded runs
-repeat, and samples follow the warped distribution."""
+oracle), the chain applies them in transformers' order (and no other order passes), each Top-H
+criterion equals its own oracle on vocabularies past top_n, seeded runs repeat, and samples follow
+the warped distribution."""
 
 from __future__ import annotations
 
@@ -54,16 +55,79 @@ def test_warpers_off_values_change_nothing():
         assert torch.equal(fn(logits, off), logits)
 
 
+# The chain in transformers' order, Top-H last. transformers' generate() puts top_h right after temperature
+# instead; a LogitsProcessorList may hold TopHLogitsWarper anywhere, so ours is compared with one that holds it
+# last. Found by search: with these values and rows, every one of the 5039 wrong orders of the seven rules
+# changes the kept set of at least two rows, each of the six adjacent swaps of at least two.
+ORDER = ("top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "top_h")
+ORDER_PARAMS = dict(temperature=0.8, top_k=120, top_p=0.9, min_p=0.05, typical_p=0.9, epsilon=0.01, eta=0.2,
+                    top_h=0.8, top_h_rule="transformers")
+TRANSFORMERS_WARPERS = dict(top_k=TopKLogitsWarper, top_p=TopPLogitsWarper, min_p=MinPLogitsWarper,
+                            typical_p=TypicalLogitsWarper, epsilon=EpsilonLogitsWarper, eta=EtaLogitsWarper,
+                            top_h=TopHLogitsWarper)
+OURS = dict(warpers.RULES, top_h=lambda logits, alpha: warpers.top_h(logits, alpha, 100, "transformers"))
+
+
+def order_rows(vocab=200):
+    """Gaussian logits at eight scales and Zipf-like ones at six slopes: each adjacent pair of rules bites
+    on some of them (wider than top_n, so Top-H moved to the front meets its cap)."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.tensor([0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0], dtype=torch.float64)
+    gauss = torch.randn(len(scales), vocab, generator=g, dtype=torch.float64) * scales[:, None]
+    slopes = torch.tensor([0.6, 0.8, 1.0, 1.2, 1.4, 1.6], dtype=torch.float64)
+    ranks = torch.stack([torch.randperm(vocab, generator=g) for _ in slopes]).double() + 1
+    zipf = -slopes[:, None] * ranks.log() + 0.5 * torch.randn(len(slopes), vocab, generator=g, dtype=torch.float64)
+    return torch.cat([gauss, zipf])
+
+
+def transformers_chain(order):
+    return LogitsProcessorList([TemperatureLogitsWarper(ORDER_PARAMS["temperature"])]
+                               + [TRANSFORMERS_WARPERS[name](ORDER_PARAMS[name]) for name in order])
+
+
+def kept_sets_of_every_order(logits):
+    """{order: kept mask} for all 5040 orders of our seven rules after temperature; orders that share a
+    prefix share its work (13699 rule calls instead of 35280)."""
+    kept = {}
+
+    def grow(prefix, rest, x):
+        if not rest:
+            kept[prefix] = torch.isfinite(x)
+        for i, name in enumerate(rest):
+            grow(prefix + (name,), rest[:i] + rest[i + 1:], OURS[name](x, ORDER_PARAMS[name]))
+
+    grow((), ORDER, warpers.temperature(logits, ORDER_PARAMS["temperature"]))
+    return kept
+
+
 def test_sampling_chain_matches_transformers_order():
-    params = dict(temperature=0.7, top_k=40, top_p=0.9, min_p=0.02, typical_p=0.95, epsilon=1e-3, eta=1e-3)
-    chain = LogitsProcessorList([TemperatureLogitsWarper(0.7), TopKLogitsWarper(40), TopPLogitsWarper(0.9),
-                                 MinPLogitsWarper(0.02), TypicalLogitsWarper(0.95), EpsilonLogitsWarper(1e-3),
-                                 EtaLogitsWarper(1e-3)])
-    for seed in range(5):
-        logits = random_logits(seed)
-        ours = Sampling(**params).warp(logits.clone())
-        assert torch.allclose(ours, chain(None, logits.clone()), equal_nan=True) or torch.equal(
-            torch.isfinite(ours), torch.isfinite(chain(None, logits.clone())))
+    rows = order_rows()
+    expected = transformers_chain(ORDER)(None, rows.clone())
+    ours = Sampling(**ORDER_PARAMS).warp(rows.clone())
+    kept = torch.isfinite(expected)
+    assert torch.equal(torch.isfinite(ours), kept)
+    assert torch.equal(ours[kept], expected[kept])                     # kept logits too, bit for bit
+    # Each adjacent swap, done in transformers itself, keeps another set on at least two rows: a chain with
+    # any two neighbours exchanged cannot pass the assertions above.
+    for i in range(len(ORDER) - 1):
+        swapped = ORDER[:i] + (ORDER[i + 1], ORDER[i]) + ORDER[i + 2:]
+        differs = (torch.isfinite(transformers_chain(swapped)(None, rows.clone())) != kept).any(-1)
+        assert differs.sum() >= 2, swapped
+
+
+def test_no_wrong_order_of_the_rules_passes(one_thread):
+    """All 5039 other orders of the seven rules (among them the 719 wrong orders of the six with Top-H
+    last) keep another set than transformers' order on at least two rows, so the test above catches
+    any reordering."""
+    rows = order_rows()
+    kept = kept_sets_of_every_order(rows)
+    assert torch.equal(kept[ORDER], torch.isfinite(transformers_chain(ORDER)(None, rows.clone())))
+    caught = {order: int((mask != kept[ORDER]).any(-1).sum()) for order, mask in kept.items() if order != ORDER}
+    assert len(caught) == 5039
+    passing = [order for order, rows_caught in caught.items() if rows_caught < 2]
+    assert not passing, passing[:5]
+    six_rule_orders = [order for order in caught if order[-1] == "top_h"]
+    assert len(six_rule_orders) == 719
 
 
 # --- Top-H: each criterion against its own oracle, on vocabularies wider than top_n ----------------------
