@@ -369,3 +369,26 @@ def test_parameters_are_checked():
         Sampling(nucleus=0.5)
     with pytest.raises(InvalidParameter, match="top_k must be an int"):
         Sampling(top_k="many")
+
+
+def test_top_h_trace_names_the_entropy_its_criterion_bounds(tiny_model, tiny_tokenizer):
+    """The authors' rule bounds an unnormalised partial entropy, the paper's rule H(q) of the renormalised
+    kept set: the trace says which, and its first value is that quantity, computed here from the logits."""
+    from strategies.sampling.top_h import MEASURED
+
+    prompt, temperature = PROMPTS[0], 1.5
+    with torch.no_grad():
+        logits = tiny_model(torch.tensor([prompt])).logits[0, -1].double()
+    probs = torch.softmax(logits / temperature, -1).sort(descending=True).values
+    for criterion in ("authors", "normalized"):
+        _, events, _ = run_strategy(tiny_model, tiny_tokenizer, "top_h", prompt, max_new=1, alpha=0.5,
+                                    temperature=temperature, criterion=criterion)
+        first = events[0]
+        kept = probs[:first.kept]
+        partial = float(-(kept * kept.log()).sum())
+        q = kept / kept.sum()
+        renormalised = float(-(q * q.log()).sum())
+        assert set(first.extra) == {"budget (nats)", MEASURED[criterion], "kept mass"}
+        expected = partial if criterion == "authors" else renormalised
+        assert first.extra[MEASURED[criterion]] == pytest.approx(expected, rel=1e-9)
+        assert abs(partial - renormalised) > 1e-3                     # the two really differ here

@@ -24,7 +24,14 @@ from __future__ import annotations
 
 from ..base import InvalidParameter, Param, Strategy
 from . import warpers
-from .warpers import TOP_H_ALIASES, TOP_H_CRITERIA, AliasedChoice, top_h_criterion_help, top_h_keep
+from .warpers import (TOP_H_ALIASES, TOP_H_CRITERIA, AliasedChoice, top_h_criterion, top_h_criterion_help,
+                       top_h_keep)
+
+
+# What each criterion holds under the budget (the trace names it, so the number is what it says).
+MEASURED = {"authors": "kept partial entropy, -sum p log p over the kept set (nats, not renormalised)",
+            "transformers": "kept partial entropy within the renormalised top-n (nats)",
+            "normalized": "kept-set entropy H(q), q renormalised (nats)"}
 
 
 class TopH(Strategy):
@@ -53,7 +60,7 @@ class TopH(Strategy):
             kept, budget, kept_h, kept_mass = top_h_keep(tempered, alpha, top_n, criterion)
             warped = warpers.top_h(tempered, alpha, top_n, criterion)
             token = s.sample(warped)
-            extra = {"budget (nats)": budget, "kept-set entropy (nats)": kept_h, "kept mass": kept_mass}
+            extra = {"budget (nats)": budget, MEASURED[top_h_criterion(criterion)]: kept_h, "kept mass": kept_mass}
             yield s.commit(token, logits, kept=kept, sampled_prob=float(warped.softmax(-1)[token]), extra=extra)
             if s.is_eos(token) or not s.room():
                 return
