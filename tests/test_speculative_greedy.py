@@ -343,3 +343,29 @@ def test_the_readme_speculative_example_runs_and_equals_greedy(tiny_model, tiny_
         ours = [e.token_id for e in scope["MyDraft"]().decode(session) if isinstance(e, TokenEvent)]
         assert ours == greedy(tiny_model, tiny_tokenizer, prompt)
         assert session.draft_forward_passes > 0
+
+
+@pytest.mark.parametrize("name", ["token_recycling", "prompt_lookup"])
+def test_a_cost_model_that_stops_drafting_says_so(tiny_model, tiny_tokenizer, monkeypatch, name):
+    """On a machine where any pass over 2+ tokens costs 100x one token, the adaptive methods draft
+    nothing; they must say so (a NoticeEvent), not show a run of plain steps as speculation."""
+    from playground.events import NoticeEvent
+    from strategies.speculative import prompt_lookup, token_recycling
+    from strategies.speculative.cost_model import CostModel
+    from strategies.speculative.rounds import PLAIN_STEPS
+
+    slow = CostModel()
+    for n in range(1, 130):
+        slow.record(n, 0.01 if n == 1 else 1.0)
+    slow.last = dict.fromkeys(slow.last, slow.passes)             # all timed just now: nothing to re-check
+    monkeypatch.setattr(slow, "record", lambda n_tokens, seconds: None)   # and this machine stays this slow
+    for module in (prompt_lookup, token_recycling):
+        monkeypatch.setattr(module, "cost_model_for", lambda model: slow)
+    prompt = [5, 17, 33, 5, 17, 33, 5, 17]                        # prompt lookup finds copies to propose
+    params = {"adaptive": True, "max_nodes": 12} if name == "token_recycling" else {"draft_length": "measured"}
+    ours, events, _ = run(tiny_model, tiny_tokenizer, name, prompt, **params)
+    assert ours == greedy(tiny_model, tiny_tokenizer, prompt)
+    assert all(r.drafted == 0 for r in rounds(events))
+    notices = [e for e in events if isinstance(e, NoticeEvent)]
+    assert [(n.key, n.message, n.active) for n in notices] == [("drafting", PLAIN_STEPS, True)]
+    assert PLAIN_STEPS == "drafts do not pay on this machine now: plain steps (one token per target pass)"

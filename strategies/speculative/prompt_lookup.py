@@ -92,6 +92,7 @@ class PromptLookup(SpeculationLoop):
             # Not proposed, but the target's own token says whether the copy's first token was right:
             # the rate keeps learning, so a run that stopped copying can start again.
             self.rate.record(1, int(copy[0] == verdict.next_token))
-        yield from self.notice.update(copied > 0 and proposed == 0)
+        if copied:                                     # no copy at hand says nothing about whether drafts pay
+            yield from self.notice.update(proposed == 0)
         yield StatsEvent({"copied tokens": copied, "proposed tokens": proposed,
                           "copy acceptance (recent)": self.rate.value})
