@@ -77,7 +77,7 @@ def remember(references: References | None, events: list[Event]) -> References:
         return updated
     if qualifies(metrics.new_tokens, metrics.decode_tokens_per_s, metrics.stop_reason):
         updated[(start.model_id, start.dtype, start.torch_threads)] = GreedySpeed(
-            metrics.decode_tokens_per_s, f"your last greedy run ({metrics.new_tokens} tokens)")
+            metrics.decode_tokens_per_s, f"a greedy run by the same user before this one ({metrics.new_tokens} tokens)")
     return updated
 
 

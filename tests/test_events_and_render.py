@@ -110,3 +110,21 @@ def test_lossless_is_said_only_where_it_holds():
     assert row("speculative", True) == "yes, for these parameters"
     assert row("speculative", False) == "no, for these parameters"
     assert "output equals greedy (lossless)" not in dict(metrics_rows([RunStarted("r", "m", "f", "x", {}, 0, "p", 3, 8)]))
+
+
+def test_beam_first_step_stays_in_the_tree(tiny_model, tiny_tokenizer):
+    """Beam's first step has several parentless nodes (one per first token); it is not a plain step,
+    and the winning path in the tree is the whole answer, first token included."""
+    from playground.decoding import DecodeSession
+    from playground.events import TokenEvent
+    from strategies import REGISTRY
+    from visualizers.tree import current_tree
+
+    session = DecodeSession(tiny_model, tiny_tokenizer, [5, 17, 33], 8, set(), 0)
+    events = list(REGISTRY["beam"](num_beams=3).decode(session))
+    nodes, chosen, _ = current_tree(events)
+    path = []
+    while chosen is not None:
+        path.append(nodes[chosen].token_id)
+        chosen = nodes[chosen].parent
+    assert path[::-1] == [e.token_id for e in events if isinstance(e, TokenEvent)]

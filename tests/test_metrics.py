@@ -159,12 +159,12 @@ def test_one_sessions_greedy_run_is_never_anothers_reference(tiny, single_thread
     a = b = {}
     greedy, a = page_run("greedy", a)
     assert greedy.greedy_reference == "this greedy run (12 tokens)" and greedy.speedup_vs_greedy == 1.0
-    assert list(a.values()) == [baseline.GreedySpeed(greedy.decode_tokens_per_s, "your last greedy run (12 tokens)")]
+    assert list(a.values()) == [baseline.GreedySpeed(greedy.decode_tokens_per_s, "a greedy run by the same user before this one (12 tokens)")]
     lookup_b, b_after = page_run("prompt_lookup", b)
     assert b_after == {} and lookup_b.greedy_reference == start_up.how
     assert lookup_b.greedy_tokens_per_s == start_up.tokens_per_s
     lookup_a, _ = page_run("prompt_lookup", a)
-    assert lookup_a.greedy_reference == "your last greedy run (12 tokens)"
+    assert lookup_a.greedy_reference == "a greedy run by the same user before this one (12 tokens)"
     assert lookup_a.greedy_tokens_per_s == greedy.decode_tokens_per_s
     _, a_after = page_run("greedy", a, tokens=baseline.MIN_TOKENS - 1)      # too short to stand as a reference
     assert a_after == a
@@ -291,8 +291,8 @@ def test_an_api_caller_gets_the_notice_and_its_own_greedy_reference(embedded, mo
         assert text.startswith('<div class="dp-text"><div class="dp-notice">'
                                'max_new_tokens 9 was clamped to the server cap of 8.</div>')
         assert "this greedy run (8 tokens)" in metrics and "Saved as run" in link
-        assert "your last greedy run (8 tokens)" in call(a, "prompt_lookup")[2]
-        assert "your last greedy run" not in call(b, "prompt_lookup")[2]
+        assert "a greedy run by the same user before this one (8 tokens)" in call(a, "prompt_lookup")[2]
+        assert "a greedy run by the same user before this one" not in call(b, "prompt_lookup")[2]
     finally:
         app.close()
         settings.cache_clear()

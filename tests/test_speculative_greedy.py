@@ -352,7 +352,7 @@ def test_a_cost_model_that_stops_drafting_says_so(tiny_model, tiny_tokenizer, mo
     from playground.events import NoticeEvent
     from strategies.speculative import prompt_lookup, token_recycling
     from strategies.speculative.cost_model import CostModel
-    from strategies.speculative.rounds import PLAIN_STEPS
+    from strategies.speculative.rounds import PLAIN_STEPS, PlainStepNotice
 
     slow = CostModel()
     for n in range(1, 130):
@@ -367,5 +367,16 @@ def test_a_cost_model_that_stops_drafting_says_so(tiny_model, tiny_tokenizer, mo
     assert ours == greedy(tiny_model, tiny_tokenizer, prompt)
     assert all(r.drafted == 0 for r in rounds(events))
     notices = [e for e in events if isinstance(e, NoticeEvent)]
-    assert [(n.key, n.message, n.active) for n in notices] == [("drafting", PLAIN_STEPS, True)]
+    assert [(n.key, n.message, n.active) for n in notices] == [("drafting", f"{PLAIN_STEPS}, since round 1", True)]
+    assert events.index(notices[0]) > events.index(rounds(events)[PlainStepNotice.STREAK - 1])   # after a streak
     assert PLAIN_STEPS == "drafts do not pay on this machine now: plain steps (one token per target pass)"
+
+
+def test_plain_step_notice_needs_a_streak_and_withdraws_when_drafting_resumes():
+    """One unproposed copy at the end of a run that sped up is no reason to say drafts do not pay."""
+    from strategies.speculative.rounds import PLAIN_STEPS, PlainStepNotice
+
+    notice, said = PlainStepNotice(), []
+    for step, plain in enumerate([True, True, False, True, True, True, True, False, True]):
+        said += [(step, n.message, n.active) for n in notice.update(plain, step)]
+    assert said == [(5, f"{PLAIN_STEPS}, since round 4", True), (7, "drafting again from round 8", False)]

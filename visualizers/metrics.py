@@ -31,6 +31,9 @@ def record_rows(start: RunStarted) -> list[tuple[str, str]]:
     rows = [("method", start.strategy), ("model", f"{start.model_id} ({start.dtype})")]
     if start.lossless is not None:
         rows.append(("output equals greedy (lossless)", LOSSLESS[start.strategy == "greedy", start.lossless]))
+    if start.params:
+        rows.append(("parameters", ", ".join(f"{k}={v}" for k, v in start.params.items())))
+    rows.append(("max new tokens", _fmt(start.max_new_tokens)))
     if start.draft_model_id:
         rows.append(("draft model", start.draft_model_id))
     rows += [("chat template", "-" if start.chat is None else "on" if start.chat else "off"),

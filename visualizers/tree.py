@@ -23,7 +23,8 @@ MAX_NODES = 1500  # beyond this the drawing is unreadable anyway; keep the newes
 
 def drafted_nothing(event: TreeEvent) -> bool:
     """A speculative round that drafted nothing: its "tree" is the root and the target's own token."""
-    return event.reset and all(n.parent is None or n.status == "bonus" for n in event.nodes)
+    roots = [n for n in event.nodes if n.parent is None]
+    return event.reset and len(roots) == 1 and all(n.status == "bonus" for n in event.nodes if n.parent is not None)
 
 
 def current_tree(events: list[Event]) -> tuple[dict[int, TreeNode], int | None, str]:

@@ -37,7 +37,8 @@ MEASURED = {"authors": "kept partial entropy, -sum p log p over the kept set (na
 class TopH(Strategy):
     name = "top_h"
     title = "Top-H (entropy-bounded truncation)"
-    summary = "Keep the most probable tokens while the kept set's entropy stays under alpha x the model's entropy."
+    summary = ("Keep the most probable tokens while an entropy of the kept set stays within alpha x an "
+               "entropy of the model's distribution; which entropies is the criterion's choice (see below).")
     paper = "https://arxiv.org/abs/2509.02510"
     params = (
         Param("alpha", "float", 0.4, 0.01, 1.0, help="Entropy budget coefficient in (0, 1]; paper suggests 0.3-0.5.", step=0.01),

@@ -182,7 +182,8 @@ class EarlyExit(Strategy):
             tree = chain_tree(root, drafts)
             keep_prefix(cache, len(context) + committed_count(s, tree, verdict) - 1)
             q_at = dict(enumerate(q)) if q is not None else None
-            yield from notice.update(not (fixed_layer or self.p["draft_length"]) and longest > 0 and layer == 0)
+            if not (fixed_layer or self.p["draft_length"]) and longest > 0:   # DEL chose; a draft was possible
+                yield from notice.update(layer == 0, step)
             if (yield from round_events(s, tree, logits, verdict, step, stats, warp,
                                         source=f"layer {layer}" if layer else "no draft (plain step)",
                                         title="Early-exit draft chain", q=node_q(tree, q_at),

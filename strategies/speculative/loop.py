@@ -94,6 +94,7 @@ class SpeculationLoop(Strategy):
             done = yield from round_events(s, draft.tree, logits, verdict, step, stats, warp, source=draft.source,
                                            title=self.tree_title, q=draft.q or node_q(draft.tree, draft.q_at),
                                            labels=draft.labels)
+            self.step = step                             # after_round may say which round it is
             yield from self.after_round(s, draft, logits, verdict, seconds)
             if done:
                 return

@@ -93,6 +93,6 @@ class PromptLookup(SpeculationLoop):
             # the rate keeps learning, so a run that stopped copying can start again.
             self.rate.record(1, int(copy[0] == verdict.next_token))
         if copied:                                     # no copy at hand says nothing about whether drafts pay
-            yield from self.notice.update(proposed == 0)
+            yield from self.notice.update(proposed == 0, self.step)
         yield StatsEvent({"copied tokens": copied, "proposed tokens": proposed,
                           "copy acceptance (recent)": self.rate.value})

@@ -45,7 +45,7 @@ class AcceptanceStats:
         self.accepted += accepted
         self.emitted += emitted
         values = {"verification rounds": self.rounds, "rounds that drafted": self.drafting_rounds,
-                  "mean accepted tokens": self.emitted / self.rounds,
+                  "mean committed tokens per round": self.emitted / self.rounds,
                   "draft tokens per round": self.drafted / self.rounds}
         if self.drafted:                                  # no rate from nothing
             values["acceptance rate"] = self.accepted / self.drafted
@@ -53,17 +53,26 @@ class AcceptanceStats:
 
 
 class PlainStepNotice:
-    """Says when an adaptive method's cost model stops drafting (and withdraws it when drafting resumes),
-    so a run of plain steps is never mistaken for speculation."""
+    """Says when an adaptive method's cost model has stopped drafting, so a run of plain steps is never
+    mistaken for speculation: raised after STREAK rounds in a row in which a draft was possible but none
+    was proposed, withdrawn when a round drafts again. Rounds where no draft was possible (nothing to
+    copy, no room left) say nothing either way."""
+
+    STREAK = 3
 
     def __init__(self):
-        self.plain = False
+        self.shown, self.streak, self.since = False, 0, 0
 
-    def update(self, plain: bool, why: str = PLAIN_STEPS):
-        """Yields a NoticeEvent when the state changes."""
-        if plain != self.plain:
-            self.plain = plain
-            yield NoticeEvent("drafting", why if plain else "drafting again", active=plain)
+    def update(self, plain: bool, step: int):
+        """step: this round's index (0-based). Yields a NoticeEvent when the state changes."""
+        self.streak = self.streak + 1 if plain else 0
+        self.since = step if self.streak == 1 else self.since
+        if plain and not self.shown and self.streak >= self.STREAK:
+            self.shown = True
+            yield NoticeEvent("drafting", f"{PLAIN_STEPS}, since round {self.since + 1}", active=True)
+        elif not plain and self.shown:
+            self.shown = False
+            yield NoticeEvent("drafting", f"drafting again from round {step + 1}", active=False)
 
 
 def prefill_all_but_last(session, cache) -> int:

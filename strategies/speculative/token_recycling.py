@@ -167,7 +167,8 @@ class TokenRecycling(SpeculationLoop):
         # rejected node holding the same token (whose context never happened).
         on_path = set(path)
         refresh_rows(self.matrix, tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
-        yield from self.notice.update(self.p["adaptive"] and self.p["max_nodes"] > 0 and budget == 0)
+        if self.p["adaptive"] and self.p["max_nodes"] > 0:           # only the cost model can choose no tree
+            yield from self.notice.update(budget == 0, self.step)
         yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
                           "rank-1 hit rate": self.hits.rates()[0],
                           "warm rows of M": int(self.matrix[:, 0].count_nonzero())})
