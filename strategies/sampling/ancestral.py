@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..base import Strategy
-from .warpers import WarperChain, family_params, kept_count
+from .warpers import MIN_SAMPLING_TEMPERATURE, WarperChain, family_params, kept_count
 
 
 class Sampling(Strategy):
@@ -12,7 +12,7 @@ class Sampling(Strategy):
     summary = ("Draw from the model's distribution after temperature and truncation, applied in the order "
                "temperature -> top-k -> top-p -> min-p -> typical-p -> epsilon -> eta -> Top-H.")
     paper = "https://arxiv.org/abs/1904.09751"
-    params = family_params(temperature_default=1.0, temperature_low=0.05)
+    params = family_params(temperature_default=1.0, temperature_low=MIN_SAMPLING_TEMPERATURE)
 
     def warp(self, logits):
         return WarperChain(self.p)(logits)

@@ -208,6 +208,9 @@ class WarperChain:
         return top_h(logits, *self.top_h)
 
 
+MIN_SAMPLING_TEMPERATURE = 0.05   # the lowest sampling temperature any method takes (speculative ones: or 0, greedy)
+
+
 def family_params(temperature_default: float, temperature_low: float) -> tuple:
     """The sampling family's parameters, shared by every method that samples (speculative ones
     included, with temperature 0 meaning greedy verification)."""

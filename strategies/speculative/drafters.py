@@ -41,11 +41,10 @@ class DraftCache:
         return logits
 
     def next_level(self, tree: DraftTree, warp) -> dict[int, torch.Tensor]:
-        """Run the draft on the nodes not fed yet (the root first); node -> its (warped) draft law."""
+        """Run the draft on the nodes not fed yet (a round's first level is the root alone); node -> its
+        (warped) draft law."""
         first = self.fed
         rows = self.start(tree.tokens[0])[None] if first == 0 else self.extend(tree)
-        if first == 0 and len(tree) > 1:
-            rows = torch.cat([rows, self.extend(tree)])
         return {first + i: probabilities(row, warp) for i, row in enumerate(rows)}
 
     def keep(self, tree: DraftTree, path: list[int]) -> None:

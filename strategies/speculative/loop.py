@@ -57,8 +57,8 @@ class SpeculationLoop(Strategy):
             return greedy_verdict(draft.tree, logits)
         return recursive_rejection_verdict(draft.tree, logits, draft.q_at, warp, generator)
 
-    def after_round(self, s, draft: Draft, logits: torch.Tensor, verdict: Verdict,
-                    seconds: float) -> Iterator[Event]:
+    def after_round(self, s, draft: Draft, logits: torch.Tensor, verdict: Verdict, seconds: float,
+                    step: int) -> Iterator[Event]:
         """Learn from the round (cost models, acceptance statistics); may yield events."""
         return iter(())
 
@@ -94,8 +94,7 @@ class SpeculationLoop(Strategy):
             done = yield from round_events(s, draft.tree, logits, verdict, step, stats, warp, source=draft.source,
                                            title=self.tree_title, q=draft.q or node_q(draft.tree, draft.q_at),
                                            labels=draft.labels)
-            self.step = step                             # after_round may say which round it is
-            yield from self.after_round(s, draft, logits, verdict, seconds)
+            yield from self.after_round(s, draft, logits, verdict, seconds, step)
             if done:
                 return
             root, step = s.output_ids[-1], step + 1

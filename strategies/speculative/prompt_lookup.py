@@ -82,7 +82,7 @@ class PromptLookup(SpeculationLoop):
         where = f"copied from context position {source}" if copied else "no n-gram match"
         return Draft(tree, source=f"prompt lookup ({where})", context=copy)
 
-    def after_round(self, s, draft, logits, verdict, seconds):
+    def after_round(self, s, draft, logits, verdict, seconds, step):
         copy, proposed = draft.context, len(draft.tree) - 1
         copied = len(copy)
         self.costs.record(len(draft.tree), seconds)
@@ -93,6 +93,6 @@ class PromptLookup(SpeculationLoop):
             # the rate keeps learning, so a run that stopped copying can start again.
             self.rate.record(1, int(copy[0] == verdict.next_token))
         if copied:                                     # no copy at hand says nothing about whether drafts pay
-            yield from self.notice.update(proposed == 0, self.step)
+            yield from self.notice.update(proposed == 0, step)
         yield StatsEvent({"copied tokens": copied, "proposed tokens": proposed,
                           "copy acceptance (recent)": self.rate.value})

@@ -110,7 +110,7 @@ class RASD(SpeculationLoop):
         q = q + [None] * (len(tree) - model_nodes)                   # retrieved nodes have no draft q
         return Draft(tree, q=q, labels=origin, source=f"draft model + {len(retrieved)} retrieved", context=origin)
 
-    def after_round(self, s, draft, logits, verdict, seconds):
+    def after_round(self, s, draft, logits, verdict, seconds, step):
         origin = draft.context
         for i in range(1, len(draft.tree)):
             self.by_source[origin[i]][0] += 1

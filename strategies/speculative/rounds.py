@@ -22,7 +22,7 @@ from playground.events import NoticeEvent, StatsEvent, TreeEvent, TreeNode, Veri
 
 from . import acceptance
 from .tree import DraftTree
-from .verify import Verdict, probabilities
+from .verify import Verdict
 
 REJECTION_TOP = 10
 PLAIN_STEPS = "drafts do not pay on this machine now: plain steps (one token per target pass)"
@@ -112,7 +112,9 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
     proposed = verdict.proposed(tree)
     count = tokens_to_commit(session, proposed)
     rows = sorted(set(max(p, 0) for p in tree.parents) | set(verdict.path))
-    p = dict(zip(rows, probabilities(logits[rows], warp)))
+    warped = warp(logits[rows].double()) if warp else logits[rows].double()   # once per row, not per token
+    p = dict(zip(rows, torch.softmax(warped, -1)))
+    kept = dict(zip(rows, torch.isfinite(warped).sum(-1).tolist()))
     yield tree_event(session, tree, p, verdict, count, step, title, q, labels)
     rejection = rejection_record(session, verdict.rejection, verdict.accepted) if verdict.rejection else None
     yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=verdict.accepted, emitted=count,
@@ -122,8 +124,7 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
         node = verdict.path[i]                           # token i was predicted at node path[i]
         fields = {"extra": {"accepted draft": float(i < verdict.accepted), **(extra(i) if extra else {})}}
         if warp is not None:
-            warped = warp(logits[node].double())
-            fields.update(sampled_prob=float(p[node][token]), kept=int(torch.isfinite(warped).sum()))
+            fields.update(sampled_prob=float(p[node][token]), kept=kept[node])
         yield session.commit(token, logits[node], **fields)
     yield stats.update(len(tree) - 1, verdict.accepted, count)
     return session.is_eos(proposed[count - 1]) or not session.room()

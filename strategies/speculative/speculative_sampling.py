@@ -48,7 +48,7 @@ class SpeculativeSampling(SpeculationLoop):
         q = torch.stack([q_at[i] for i in range(len(tree) - 1)]) if len(tree) > 1 else None
         return verify_chain(logits, tree.tokens[1:], q, warp, generator)
 
-    def after_round(self, s, draft, logits, verdict, seconds):
+    def after_round(self, s, draft, logits, verdict, seconds, step):
         if self.p["adaptive"]:                       # depends on past rounds only, so still exact
             drafted = len(draft.tree) - 1
             self.length = min(self.length + 2, self.p["gamma"]) if verdict.accepted == drafted \

@@ -158,7 +158,7 @@ class TokenRecycling(SpeculationLoop):
         return Draft(tree, source=f"recycled top-{self.p['top_k']} (tree of {len(tree) - 1})",
                      context=(budget, values))
 
-    def after_round(self, s, draft, logits, verdict, seconds):
+    def after_round(self, s, draft, logits, verdict, seconds, step):
         tree, (budget, values) = draft.tree, draft.context
         self.costs.record(len(tree), seconds)
         path = verdict.path
@@ -168,7 +168,7 @@ class TokenRecycling(SpeculationLoop):
         on_path = set(path)
         refresh_rows(self.matrix, tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
         if self.p["adaptive"] and self.p["max_nodes"] > 0:           # only the cost model can choose no tree
-            yield from self.notice.update(budget == 0, self.step)
+            yield from self.notice.update(budget == 0, step)
         yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
                           "rank-1 hit rate": self.hits.rates()[0],
                           "warm rows of M": int(self.matrix[:, 0].count_nonzero())})

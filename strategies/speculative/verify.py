@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..base import InvalidParameter
-from ..sampling.warpers import chain_or_greedy, family_params
+from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, chain_or_greedy, family_params
 from . import acceptance
 from .tree import DraftTree, greedy_accept
 
@@ -36,8 +36,9 @@ def sampling_params():
 
 def check_sampling(values: dict) -> None:
     """Temperatures between 0 (greedy) and the sampling chain's lowest would fail mid-run; refuse them."""
-    if 0 < values["temperature"] < 0.05:
-        raise InvalidParameter(f"temperature must be 0 (greedy) or at least 0.05, got {values['temperature']}")
+    low = MIN_SAMPLING_TEMPERATURE
+    if 0 < values["temperature"] < low:
+        raise InvalidParameter(f"temperature must be 0 (greedy) or at least {low}, got {values['temperature']}")
 
 
 def make_warp(values: dict):
