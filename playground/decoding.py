@@ -50,10 +50,14 @@ class DecodeSession:
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.eos_ids = set(eos_ids)
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.output_ids: list[int] = []
         self.forward_passes = 0
         self.draft_forward_passes = 0
+        self.reward_forward_passes = 0      # passes that score text (rewards), not generate it
+        self.lane_tokens = 0                # tokens added to lanes (playground/lanes.py); 0: one sequence
+        self.lanes_started = 0
         self.weight_bytes_read = 0          # every pass's weights, target and draft alike
         self.prompt_pass_done_at: float | None = None   # perf_counter after the latest prompt pass
         self._text = ""
@@ -77,6 +81,15 @@ class DecodeSession:
             raise RuntimeError("this method needs a draft model")
         self.draft_forward_passes += 1
         return self._call(self.draft_model, input_ids, cache, last_only, kwargs)
+
+    def reward_forward(self, input_ids: torch.Tensor | list[int], cache=None, last_only: bool = True,
+                       model=None, **kwargs):
+        """One counted pass that scores text rather than generating it (a judge question, a reward
+        model: `model`, default the target). Same contract as `forward`."""
+        self.reward_forward_passes += 1
+        model = model if model is not None else self.model
+        self.weight_bytes_read += weight_bytes(model)
+        return self._run(model, input_ids, cache, last_only, kwargs)     # never a prompt pass: decode time
 
     def _is_prompt_pass(self, cache) -> bool:
         """A pass that fills a cache still short of the prompt (all but its last token, which some
@@ -156,6 +169,12 @@ class DecodeSession:
         """An independent generator seeded from this run's, so a draft's draws never shift the
         target's acceptance draws (and a seeded run still repeats exactly)."""
         return torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=self.generator)))
+
+    def side_generator(self, stream: int) -> torch.Generator:
+        """A generator of its own for a method's draws that are not tokens (resampling particles), seeded
+        from (seed, stream) without touching the token generator: one lane draws exactly what plain
+        sampling draws with the same seed, whatever the method does between tokens."""
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + 7919 * (stream + 1)) % 2**63)
 
     def sample(self, logits: torch.Tensor) -> int:
         """Draw one token from softmax(logits) with this run's seeded generator."""

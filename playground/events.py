@@ -112,6 +112,64 @@ class TreeNode:
     draft_prob: float | None = None   # a draft node's q given its parent (draft-model methods)
 
 
+@event_type("lane_token")
+@dataclass
+class LaneTokenEvent(Event):
+    """One token added to one lane: a sequence among several decoded together (playground/lanes.py).
+    The run's answer is committed separately, as TokenEvents, once the method has chosen a lane.
+    `logprob` and `entropy` are the model's untempered view, as in TokenEvent."""
+
+    lane: int
+    index: int                    # position in the lane's own output
+    token_id: int
+    text: str                     # what this token adds to the lane's text
+    logprob: float
+    entropy: float
+    step: int = 0                 # the method's step (a reasoning step for particle methods)
+
+
+@event_type("lane")
+@dataclass
+class LaneEvent(Event):
+    """A moment in one lane's life, so a view (or a saved run) can replay the population.
+
+    kind: spawn (a new lane; `parent` is the lane it was forked from, None for a fresh sample) |
+    score (a reward was computed) | finish (it ended: `reason` eos, length, step limit) | prune (dropped by
+    the method: `reason` says why) | chosen (the lane the method returned).
+    """
+
+    kind: str
+    lane: int
+    step: int
+    parent: int | None = None
+    weight: float | None = None
+    reward: float | None = None
+    reason: str = ""
+    text: str = ""                # the lane's whole text at this moment (shown on hover)
+    answer: str = ""              # the final answer extracted from the text (votes), if any
+
+
+@event_type("population")
+@dataclass
+class PopulationEvent(Event):
+    """One step of a population method (particles, samples, beams over steps): each lane's reward and
+    normalised weight, the effective sample size, and what the method did with them.
+
+    `weights` is a simplex over `lanes`; `ess` = 1 / sum(w^2), in [1, N]; `temperature` the annealing
+    temperature the weights were tempered with (1 = untempered); `survivors` the lanes after resampling or
+    pruning (a lane named twice was copied), empty when the population was kept as it was."""
+
+    step: int
+    lanes: list[int]
+    rewards: list[float]
+    weights: list[float]
+    ess: float
+    temperature: float = 1.0
+    survivors: list[int] = field(default_factory=list)
+    finished: list[bool] = field(default_factory=list)
+    note: str = ""                # what happened, in words ("resampled (ESS 1.7 < N/2)")
+
+
 @event_type("tree")
 @dataclass
 class TreeEvent(Event):
@@ -187,6 +245,11 @@ class MetricsEvent(Event):
     decode_s: float | None = None                 # elapsed_s - prefill_s
     weight_bytes_read: int | None = None          # weights of every pass run, target and draft
     weight_traffic_gb_s: float | None = None      # weight_bytes_read / elapsed_s (bandwidth_gb_s: target only)
+    # Many sequences at once (playground/lanes.py): every token of every lane, and the reward's own passes.
+    lane_tokens: int | None = None                # tokens generated across all lanes (None: one sequence)
+    lane_tokens_per_s: float | None = None        # lane_tokens / elapsed_s
+    samples: int | None = None                    # lanes ever started (forks included)
+    reward_forward_passes: int = 0                # passes run to score lanes (judge questions, reward models)
 
 
 @event_type("notice")

@@ -189,6 +189,10 @@ def run_metrics(run: PreparedRun, session: DecodeSession, watch: Stopwatch, new_
         decode_s=watch.decode_s,
         weight_bytes_read=session.weight_bytes_read,
         weight_traffic_gb_s=traffic,
+        lane_tokens=session.lane_tokens or None,
+        lane_tokens_per_s=session.lane_tokens / busy if session.lane_tokens and busy > 0 else None,
+        samples=session.lanes_started or None,
+        reward_forward_passes=session.reward_forward_passes,
     )
 
 

@@ -34,6 +34,8 @@ def _param_component(param: Param):
     label, info = param.name, param.help or None
     if param.kind == "bool":
         return gr.Checkbox(value=param.default, label=label, info=info)
+    if param.kind == "text":
+        return gr.Textbox(value=param.default, label=label, info=info, lines=2, max_length=int(param.high or 0) or None)
     if param.kind == "choice":
         return gr.Radio(list(param.choices), value=param.default, label=label, info=info)
     if param.low is not None and param.high is not None:

@@ -7,6 +7,7 @@ from .base import InvalidParameter, Param, StopRun, Strategy
 from .sampling.ancestral import Sampling
 from .sampling.greedy import Greedy
 from .sampling.top_h import TopH
+from .scaling.best_of_n import BestOfN
 from .search.beam import BeamSearch
 from .speculative.dyspec import DySpec
 from .speculative.early_exit import EarlyExit
@@ -32,6 +33,7 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     RecursiveSpeculative,
     StochasticBeamRSD,
     SpecTr,
+    BestOfN,
 )}
 
 

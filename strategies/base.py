@@ -20,7 +20,7 @@ class InvalidParameter(ValueError):
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str                      # "float" | "int" | "bool" | "choice"
+    kind: str                      # "float" | "int" | "bool" | "choice" | "text" (high: its most characters)
     default: Any
     low: float | None = None       # inclusive bounds
     high: float | None = None
@@ -39,12 +39,20 @@ class Param:
                 value = int(float(raw)) if not isinstance(raw, bool) else int(raw)
                 if float(raw) != value:
                     raise ValueError
+            elif self.kind == "text":
+                if not isinstance(raw, str):
+                    raise ValueError
+                value = raw
             elif self.kind == "bool":
                 value = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes", "on")
             else:
                 value = str(raw)
         except (TypeError, ValueError):
             raise InvalidParameter(f"{self.name} must be {'an' if self.kind == 'int' else 'a'} {self.kind}, got {raw!r}")
+        if self.kind == "text":
+            if self.high is not None and len(value) > self.high:
+                raise InvalidParameter(f"{self.name} is {len(value):,} characters; the limit is {int(self.high):,}")
+            return value
         if self.kind == "choice" and value not in self.choices:
             raise InvalidParameter(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
         if self.low is not None and value < self.low or self.high is not None and value > self.high:
