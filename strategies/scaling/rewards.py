@@ -9,7 +9,10 @@ it through `Lanes.peek` or `session.reward_forward`, so their passes are counted
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
+
+import torch
 
 from playground.lanes import Lanes
 
@@ -87,7 +90,104 @@ class Checker(Reward):
         return [1 - CLIP if extract_answer(lanes.lanes[r].text) == self.expected else CLIP for r in rows]
 
 
-REWARDS: dict[str, type[Reward]] = {cls.name: cls for cls in (Confidence, Certainty, Checker)}
+# --- self-evaluation: P("Yes") to a question about the answer so far -------------------------------
+YES_SPELLINGS = ("Yes", " Yes", "yes", " yes")
+NO_SPELLINGS = ("No", " No", "no", " no")
+DEFAULT_JUDGE_QUESTION = "Is the answer so far correct? Answer Yes or No."
+MARK = "\u2063MARK\u2063"       # stands for the lane's text while the chat template is rendered
+
+
+def first_token_ids(tokenizer, spellings: tuple[str, ...]) -> list[int]:
+    """The first token of each spelling, deduplicated in order (the answer can open with any of them)."""
+    out: list[int] = []
+    for text in spellings:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        if ids and ids[0] not in out:
+            out.append(int(ids[0]))
+    return out
+
+
+def _template_ids(tokenizer, messages: list[dict], prompt: bool) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=prompt, tokenize=True)
+    return [int(i) for i in (ids["input_ids"] if hasattr(ids, "keys") else ids)]
+
+
+def ends_with_assistant_header(tokenizer, prompt_ids: list[int]) -> bool:
+    """Whether the prompt was built with the chat template: it ends with the template's assistant header."""
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    try:
+        user = [{"role": "user", "content": "U"}]
+        opened, closed = _template_ids(tokenizer, user, True), _template_ids(tokenizer, user, False)
+    except Exception:                                     # a template that cannot render a plain user turn
+        return False
+    header = opened[len(closed):] if opened[:len(closed)] == closed else []
+    return bool(header) and list(prompt_ids[-len(header):]) == header
+
+
+def judge_chain_text(tokenizer, prompt_ids: list[int], question: str) -> str:
+    """The text that follows a lane to ask the judge question: under a chat template it closes the
+    assistant turn, asks as the user, and opens the assistant's answer; otherwise plain text."""
+    if ends_with_assistant_header(tokenizer, prompt_ids):
+        turns = [{"role": "user", "content": "U"}, {"role": "assistant", "content": MARK},
+                 {"role": "user", "content": question}]
+        rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        if MARK in rendered:
+            return rendered.split(MARK, 1)[1]
+    return f"\n\n{question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Judge:
+    """A self-evaluation question as token ids: the chain that follows each lane (closes its turn, asks,
+    opens the answer) and the first tokens of the Yes and No answers. Tests build one from explicit ids."""
+
+    chain: tuple[int, ...]
+    yes: tuple[int, ...]
+    no: tuple[int, ...]
+
+    @classmethod
+    def build(cls, tokenizer, prompt_ids: list[int], question: str) -> "Judge":
+        text = judge_chain_text(tokenizer, prompt_ids, question)
+        chain = tokenizer.encode(text, add_special_tokens=False)
+        yes, no = first_token_ids(tokenizer, YES_SPELLINGS), first_token_ids(tokenizer, NO_SPELLINGS)
+        if not chain or not yes or not no or set(yes) & set(no):
+            raise InvalidParameter("this tokenizer cannot ask the judge question (no distinct Yes/No tokens)")
+        return cls(tuple(int(i) for i in chain), tuple(yes), tuple(no))
+
+
+def yes_probability(lanes: Lanes, rows: list[int], question: "str | Judge") -> list[float]:
+    """P(Yes) / (P(Yes) + P(No)) after each row's text and the judge question, for `rows`: ONE peek over
+    every lane (rows not asked about ride along in the same pass), the lanes left exactly as they were."""
+    judge = question if isinstance(question, Judge) else Judge.build(
+        lanes.session.tokenizer, lanes.session.prompt_ids, question)
+    logits = lanes.peek([list(judge.chain)] * len(lanes))                        # (lanes, V)
+    probs = torch.softmax(logits.double(), -1)
+    p_yes, p_no = probs[:, list(judge.yes)].sum(-1), probs[:, list(judge.no)].sum(-1)   # (lanes,)
+    return [float(p_yes[r] / (p_yes[r] + p_no[r])) if float(p_yes[r] + p_no[r]) > 0 else NEUTRAL for r in rows]
+
+
+class SelfJudge(Reward):
+    """LLM-as-a-judge on the policy itself: P(Yes) to a question about the answer so far, normalised over
+    Yes/No (1 extra pass over the cached lanes). Uncalibrated on a 135M model: read it as a ranking at best."""
+
+    name, label = "judge", "the model's own P(Yes) to the judge question (uncalibrated at 135M)"
+    calls_model = True
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.question = values.get("judge_question", DEFAULT_JUDGE_QUESTION).strip() or DEFAULT_JUDGE_QUESTION
+        if len(self.question) > 500:
+            raise InvalidParameter(f"judge_question is {len(self.question):,} characters; the limit is 500")
+        self.judge: Judge | None = None
+
+    def score(self, lanes, rows, final):
+        if self.judge is None:
+            self.judge = Judge.build(lanes.session.tokenizer, lanes.session.prompt_ids, self.question)
+        return yes_probability(lanes, rows, self.judge)
+
+
+REWARDS: dict[str, type[Reward]] = {cls.name: cls for cls in (Confidence, Certainty, Checker, SelfJudge)}
 
 
 def reward_params(default: str = "confidence") -> tuple[Param, ...]:
@@ -99,6 +199,9 @@ def reward_params(default: str = "confidence") -> tuple[Param, ...]:
               help="confidence / certainty over the latest step or the whole trace."),
         Param("reference", "text", "", high=2000,
               help="A reference answer (the checker compares final answers with it)."),
+        Param("judge_question", "text", DEFAULT_JUDGE_QUESTION, high=500,
+              help="judge: the question asked after each lane; the score is P(Yes) normalised over Yes/No. "
+                   "Uncalibrated on a 135M model (SmolLM2 was never trained to judge its own answers)."),
     )
 
 
