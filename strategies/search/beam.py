@@ -6,15 +6,22 @@ limit) among the top W become finished hypotheses scored by logprob / length**le
 the best W unfinished continue. Search stops when no running beam can beat the worst finished
 one (the `early_stopping` heuristic) or at max_new_tokens.
 
+The beams are lanes (playground/lanes.py): each step selects the parent rows of the W continuations
+(forking a beam that keeps two children, dropping one that keeps none), then pushes one token per row in
+ONE batched forward. Pushing describes each kept token; those descriptions are the answer's.
+
 Beam search commits its tokens only at the end. Stopped mid-run (StopRun), it commits the best
 hypothesis so far: a finished one, or the best running beam if it scores higher as it stands.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from playground.events import NoticeEvent, StatsEvent, TreeEvent, TreeNode
+from playground.lanes import Lanes
 
 from ..base import Param, StopRun, Strategy
 
@@ -37,12 +44,10 @@ class BeamSearch(Strategy):
 
     def decode(self, s):
         width, lp, stopping = self.p["num_beams"], self.p["length_penalty"], self.p["early_stopping"]
-        cache = s.new_cache()
-        logits = s.prefill(cache)[None]                                     # (1, V): one root
+        lanes = Lanes(s, width)                                              # one prompt pass, W rows
+        logits = lanes.logits                                                # (W, V): all rows the root
         vocab = logits.shape[-1]
         keep_k = max(2, 1 + len(s.eos_ids)) * width
-        cache.batch_repeat_interleave(width)
-        logits = logits.expand(width, vocab)
         running = torch.full((width,), NEG)
         running[0] = 0.0                                                     # only beam 0 is real at first
         seqs: list[list[int]] = [[] for _ in range(width)]
@@ -92,18 +97,30 @@ class BeamSearch(Strategy):
                 finished.append((score, seqs[b] + [node.token_id], node.id))
             finished = sorted(finished, key=lambda f: -f[0])[:width]
 
-            new_seqs, new_leaf = [], []
-            for r in order.tolist():
-                b, node_id = int(parent_beam[r]), node_of_rank[r]
-                described[node_id] = s.describe(int(token[r]), logits[b], 0)
-                new_seqs.append(seqs[b] + [int(token[r])])
-                new_leaf.append(node_id)
+            rows = parent_beam[order].tolist()
+            new_seqs = [seqs[b] + [int(token[r])] for b, r in zip(rows, order.tolist())]
+            new_leaf = [node_of_rank[r] for r in order.tolist()]
             # Preview: the best running beam, unless a finished hypothesis already scores higher.
             running_best = float(top_scores[order[0]]) / length ** lp
             preview = finished[0][1] if finished and finished[0][0] >= running_best else new_seqs[0]
             running = top_scores[order].clone()                              # best first (topk order)
-            cache.reorder_cache(parent_beam[order])
             seqs, leaf = new_seqs, new_leaf
+
+            # Can a running beam still beat the worst finished one? (transformers' heuristic)
+            best_len = s.max_new_tokens if (stopping == "never" and lp > 0) else length
+            if len(finished) == width:
+                can_improve = can_improve and float(running[0]) / (best_len ** lp) > finished[-1][0]
+            done = (not can_improve or (stopping == "true" and len(finished) == width) or bool(hits.all())
+                    or step + 1 >= s.max_new_tokens)
+            if done:                                                         # no further pass: describe here
+                for b, r in zip(rows, order.tolist()):
+                    described[node_of_rank[r]] = s.describe(int(token[r]), logits[b], 0)
+            else:                                                            # fork/drop rows, then one pass
+                lanes.select(rows)
+                lanes.push([seq[-1] for seq in seqs], step)
+                for node_id, lane in zip(leaf, lanes.lanes):
+                    described[node_id] = lane.described[-1]
+                logits = lanes.logits
             try:                                                             # state is whole here: a Stop
                 yield TreeEvent(step=step, nodes=nodes, reset=step == 0, title="Beam tree",   # may land
                                 preview=s.tokenizer.decode(preview, skip_special_tokens=False))
@@ -112,15 +129,8 @@ class BeamSearch(Strategy):
                 best_running = (float(running[0]) / length ** lp, seqs[0], leaf[0])
                 yield from self.answer(s, finished + [best_running], parent_of, described, stopped=True)
                 return
-
-            # Can a running beam still beat the worst finished one? (transformers' heuristic)
-            best_len = s.max_new_tokens if (stopping == "never" and lp > 0) else length
-            if len(finished) == width:
-                can_improve = can_improve and float(running[0]) / (best_len ** lp) > finished[-1][0]
-            if not can_improve or (stopping == "true" and len(finished) == width) or bool(hits.all()):
+            if done:
                 break
-            if step + 1 < s.max_new_tokens:
-                logits = s.forward(torch.tensor(seqs)[:, -1:], cache)[0]
 
         yield from self.answer(s, finished, parent_of, described)
 
@@ -140,4 +150,4 @@ class BeamSearch(Strategy):
             path.append(node_id)
             node_id = parent_of[node_id]
         for node_id in reversed(path):
-            yield s.emit(described[node_id])
+            yield s.emit(replace(described[node_id]))     # a copy: the lanes keep theirs
