@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from playground.events import Event
 
 from .metrics import metrics_html
+from .population import ancestry_figure, ess_figure, lanes_html, race_figure, votes_figure, weights_figure
 from .rejection import layer_acceptance_figure, rejection_figure
 from .speculative import acceptance_figure, depth_figure, draft_probability_figure
 from .text import CSS, tokens_html
@@ -39,6 +40,11 @@ PANELS: tuple[Panel, ...] = (
     Panel("draft_probability", "Acceptance vs draft probability", draft_probability_figure),
     Panel("rejection", "Rejection: p vs q", rejection_figure),
     Panel("layer_acceptance", "Per-layer acceptance (DEL)", layer_acceptance_figure),
+    Panel("weights", "Lane weights per step", weights_figure),
+    Panel("ess", "Effective sample size", ess_figure),
+    Panel("ancestry", "Lane ancestry", ancestry_figure),
+    Panel("votes", "Answer votes", votes_figure),
+    Panel("race", "Lanes' lengths over time", race_figure),
 )
 
 
@@ -49,8 +55,13 @@ class Rendered:
     figures: dict[str, go.Figure | None]
 
 
+def text_html(events: list[Event]) -> str:
+    """The committed answer, then (for runs of many sequences) every lane's text under it."""
+    return tokens_html(events) + lanes_html(events)
+
+
 def render(events: list[Event]) -> Rendered:
-    return Rendered(tokens_html(events), metrics_html(events), {p.key: p.draw(events) for p in PANELS})
+    return Rendered(text_html(events), metrics_html(events), {p.key: p.draw(events) for p in PANELS})
 
 
-__all__ = ["CSS", "PANELS", "Panel", "Rendered", "render", "tokens_html", "metrics_html"]
+__all__ = ["CSS", "PANELS", "Panel", "Rendered", "render", "text_html", "tokens_html", "lanes_html", "metrics_html"]

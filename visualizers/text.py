@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import math
 
-from playground.events import Event, RunStarted, TokenEvent, TreeEvent, notices
+from playground.events import Event, LaneEvent, LaneTokenEvent, RunStarted, TokenEvent, TreeEvent, notices
 
 CONTROL_NAMES = {"\n": "\u21b5\n", "\t": "\u2192\t", "\r": "\u240d"}
 
@@ -70,7 +70,9 @@ def tokens_html(events: list[Event]) -> str:
             preview = f'<span class="dp-preview" title="best hypothesis so far, not yet committed">{esc(previews[-1])}</span>'
     prompt = next((e.prompt for e in events if isinstance(e, RunStarted)), "")
     head = notices_html(events) + (f'<div class="dp-prompt">{esc(prompt)}</div>' if prompt else "")
-    body = "".join(parts) + preview or '<span class="dp-empty">(no output yet)</span>'
+    lanes = any(isinstance(e, (LaneEvent, LaneTokenEvent)) for e in events)
+    empty = "(no answer yet: the lanes below are decoding)" if lanes else "(no output yet)"
+    body = "".join(parts) + preview or f'<span class="dp-empty">{empty}</span>'
     return f'<div class="dp-text">{head}<div class="dp-output">{body}</div></div>'
 
 
@@ -90,5 +92,14 @@ CSS = """
 .dp-preview { color: #888; font-style: italic; }
 .dp-empty { color: #999; }
 .dp-metrics td { padding: 2px 10px 2px 0; } .dp-metrics td:first-child { color: #666; }
+.dp-lanes { font-family: ui-monospace, monospace; font-size: 12px; margin-top: 10px; }
+.dp-lanes-title { color: #666; margin-bottom: 4px; }
+.dp-lane-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 6px; }
+.dp-lane { border: 1px solid #ddd; border-left: 4px solid #1f77b4; border-radius: 4px; padding: 3px 6px; }
+.dp-lane-head { color: #444; font-weight: 600; margin-bottom: 2px; }
+.dp-lane-text { white-space: pre-wrap; word-break: break-word; max-height: 9em; overflow-y: auto; line-height: 1.4; }
+.dp-lane-finished { border-left-color: #ff7f0e; }
+.dp-lane-chosen { border-left-color: #2ca02c; background: #f1faf1; }
+.dp-lane-pruned, .dp-lane-dropped { border-left-color: #c7c7c7; color: #888; }
 .dp-notice { color: #8a5a00; background: #fff6df; border-left: 3px solid #e0a800; padding: 2px 8px; margin-bottom: 6px; }
 """
