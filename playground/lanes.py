@@ -114,6 +114,12 @@ class Lanes:
         """Next-token logits (rows, V) after each row's own chain of extra tokens (a judge question, a
         reference answer), counted as ONE reward pass; then the chains are forgotten (the cache is cropped
         back), so the lanes are exactly as before."""
+        logits = self.peek_all(chains)
+        return logits[torch.arange(len(chains)), torch.tensor([len(c) for c in chains]) - 1]
+
+    def peek_all(self, chains: list[list[int]]) -> torch.Tensor:
+        """`peek`, keeping the logits at EVERY position of the chains (rows, n, V), n the longest chain
+        (a row's positions past its own chain are padding): what a score over a chain's tokens needs."""
         if len(chains) != len(self.lanes) or not all(chains):
             raise ValueError("one non-empty chain per lane")
         rows, n, past = len(chains), max(map(len, chains)), self.seen.shape[1]
@@ -125,7 +131,7 @@ class Lanes:
         logits, _ = self.session.reward_forward(ids, self.cache, last_only=False, position_ids=positions,
                                                 attention_mask=additive(allowed, self.dtype)[:, None])
         self.cache.crop(-n)
-        return logits[torch.arange(rows), real.sum(1) - 1]
+        return logits
 
     # --- the population ----------------------------------------------------------------------------
     def finish(self, row: int, reason: str) -> None:

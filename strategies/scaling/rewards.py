@@ -187,7 +187,121 @@ class SelfJudge(Reward):
         return yes_probability(lanes, rows, self.judge)
 
 
-REWARDS: dict[str, type[Reward]] = {cls.name: cls for cls in (Confidence, Certainty, Checker, SelfJudge)}
+class Reference(Reward):
+    """Reference-guided step score (SPARE's idea, simplified): how likely the model finds the user's
+    reference answer right after the lane's text and a short bridge, exp(mean log-prob of the reference's
+    tokens). Deviation from SPARE: no token alignment of the trace with a reference solution; one peek
+    scores every lane's continuation into the reference answer."""
+
+    name, label = "reference", "exp(mean log-prob) of the reference answer after the lane and a bridge"
+    calls_model = True
+    bridge = "\nThe final answer is"
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.reference = values.get("reference", "").strip()
+        if not self.reference:
+            raise InvalidParameter("the reference reward needs a reference answer (parameter 'reference')")
+
+    def chain(self, tokenizer) -> tuple[list[int], int]:
+        """The bridge's and the reference's tokens, and where the reference starts."""
+        bridge = tokenizer.encode(self.bridge, add_special_tokens=False)
+        answer = tokenizer.encode(" " + self.reference, add_special_tokens=False)
+        return bridge + answer, len(bridge)
+
+    def score(self, lanes, rows, final):
+        chain, start = self.chain(lanes.session.tokenizer)
+        return reference_probability(lanes, rows, chain, start)
+
+
+def reference_probability(lanes: Lanes, rows: list[int], chain: list[int], start: int) -> list[float]:
+    """exp(mean log-prob of chain[start:]) after each row's text and chain[:start], in one peek."""
+    logits = lanes.peek_all([chain] * len(lanes))                                # (lanes, n, V)
+    logp = torch.log_softmax(logits[:, start - 1:len(chain) - 1].double(), -1)   # (lanes, m, V)
+    target = torch.tensor(chain[start:])                                         # (m,)
+    picked = logp.gather(-1, target[None, :, None].expand(len(lanes), -1, 1))[..., 0]   # (lanes, m)
+    return [math.exp(float(picked[r].mean())) for r in rows]
+
+
+# --- a reward model from the Hub ------------------------------------------------------------------
+_HUB_CACHE: dict[str, tuple] = {}          # at most one reward model in memory, keyed by its id
+
+
+class Classifier(torch.nn.Module):
+    """A sequence classifier as `session.reward_forward` calls a model: the generation-only arguments
+    (cache, logits_to_keep) are dropped, and having no `config` of its own keeps it off the lean
+    forward (playground/lean_forward.py computes a causal LM's head, not a classifier's)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, **_generation_only):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def load_hub_reward(model_id: str):
+    """(model, tokenizer) of a sequence-classification reward model, loaded once; fails at once with one
+    line (offline and not cached, unknown id, not a classifier). Never runs remote code."""
+    if model_id in _HUB_CACHE:
+        return _HUB_CACHE[model_id]
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(model_id)
+    except Exception as error:
+        raise InvalidParameter(f"reward model {model_id!r} cannot be loaded (offline and not cached, or no such "
+                               f"model): {str(error).splitlines()[0][:200]}") from None
+    architectures = list(getattr(config, "architectures", None) or [])
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise InvalidParameter(f"reward model {model_id!r} is not a sequence-classification model "
+                               f"(architectures: {', '.join(architectures) or 'none'})")
+    if config.num_labels not in (1, 2):
+        raise InvalidParameter(f"reward model {model_id!r} has {config.num_labels} labels; a reward needs 1 or 2")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id)
+        model = AutoModelForSequenceClassification.from_pretrained(model_id).eval()
+    except Exception as error:
+        raise InvalidParameter(f"reward model {model_id!r} cannot be loaded: {str(error).splitlines()[0][:200]}") from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _HUB_CACHE.clear()
+    _HUB_CACHE[model_id] = (Classifier(model), tokenizer)
+    return _HUB_CACHE[model_id]
+
+
+class HubReward(Reward):
+    """A reward model from the Hub (a sequence classifier: 1 label -> sigmoid, 2 labels -> softmax of the
+    second). It reads the prompt's text (special tokens dropped) followed by the lane's text, in its own
+    tokenizer; one counted reward pass per scoring, all rows batched."""
+
+    name, label = "hub", "a Hub reward model's P(good) (parameter 'reward_model')"
+    calls_model = True
+
+    def __init__(self, values: dict):
+        super().__init__(values)
+        self.model_id = values.get("reward_model", "").strip()
+        if not self.model_id:
+            raise InvalidParameter("the hub reward needs a model id (parameter 'reward_model')")
+        self.model, self.tokenizer = load_hub_reward(self.model_id)
+
+    def score(self, lanes, rows, final):
+        s = lanes.session
+        prompt = s.tokenizer.decode(s.prompt_ids, skip_special_tokens=True)
+        texts = [prompt + lanes.lanes[r].text for r in rows]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=2048)
+        with torch.inference_mode():
+            logits, _ = s.reward_forward(batch["input_ids"], last_only=False, model=self.model,
+                                         attention_mask=batch["attention_mask"])       # (rows, labels)
+        logits = logits.double()
+        probs = torch.sigmoid(logits[:, 0]) if logits.shape[-1] == 1 else torch.softmax(logits, -1)[:, 1]
+        return [float(p) for p in probs]
+
+
+REWARDS: dict[str, type[Reward]] = {cls.name: cls for cls in (Confidence, Certainty, Checker, SelfJudge,
+                                                              Reference, HubReward)}
 
 
 def reward_params(default: str = "confidence") -> tuple[Param, ...]:
@@ -198,10 +312,14 @@ def reward_params(default: str = "confidence") -> tuple[Param, ...]:
         Param("reward_scope", "choice", "step", choices=("step", "trace"),
               help="confidence / certainty over the latest step or the whole trace."),
         Param("reference", "text", "", high=2000,
-              help="A reference answer (the checker compares final answers with it)."),
+              help="A reference answer (the checker compares final answers with it; the reference reward "
+                   "scores how likely the model finds it after each lane)."),
         Param("judge_question", "text", DEFAULT_JUDGE_QUESTION, high=500,
               help="judge: the question asked after each lane; the score is P(Yes) normalised over Yes/No. "
                    "Uncalibrated on a 135M model (SmolLM2 was never trained to judge its own answers)."),
+        Param("reward_model", "text", "", high=200,
+              help="hub: a Hub sequence-classification reward model id (or a local folder). Loaded on first use; "
+                   "offline and not cached fails at once. Remote code never runs."),
     )
 
 
