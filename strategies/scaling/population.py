@@ -53,6 +53,16 @@ def systematic_resample(weights: list[float], n: int, generator: torch.Generator
 RESAMPLERS = {"multinomial": multinomial_resample, "systematic": systematic_resample}
 
 
+def entropic_temperature(ess_value: float, n: int, step: int, max_steps: int, threshold: float = 0.5) -> float:
+    """Entropic annealing (ePF, its_hub): when the population is collapsing (ESS/N < threshold) early in the
+    run (step/max_steps < 0.5), flatten the weights with temperature max(1, (N/ESS) * (1 - step/max_steps));
+    otherwise 1. Never below 1, so it only ever spreads the weights out, and it fades as the run goes on."""
+    progress = step / max_steps
+    if ess_value / n >= threshold or progress >= 0.5:
+        return 1.0
+    return max(1.0, (n / ess_value) * (1.0 - progress))
+
+
 # --- answers ---------------------------------------------------------------------------------------
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
