@@ -7,7 +7,13 @@ from .base import InvalidParameter, Param, StopRun, Strategy
 from .sampling.ancestral import Sampling
 from .sampling.greedy import Greedy
 from .sampling.top_h import TopH
+from .scaling.adaptive import Adaptive
 from .scaling.best_of_n import BestOfN
+from .scaling.entropic_pf import EntropicParticleFilter
+from .scaling.first_finish import FirstFinish
+from .scaling.particle_filter import ParticleFilter
+from .scaling.self_consistency import SelfConsistency
+from .search.a_star import AStar
 from .search.beam import BeamSearch
 from .speculative.dyspec import DySpec
 from .speculative.early_exit import EarlyExit
@@ -24,6 +30,7 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     Sampling,
     TopH,
     BeamSearch,
+    AStar,
     PromptLookup,
     TokenRecycling,
     RASD,
@@ -34,6 +41,11 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     StochasticBeamRSD,
     SpecTr,
     BestOfN,
+    ParticleFilter,
+    EntropicParticleFilter,
+    SelfConsistency,
+    FirstFinish,
+    Adaptive,
 )}
 
 
