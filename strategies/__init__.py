@@ -15,6 +15,7 @@ from .scaling.particle_filter import ParticleFilter
 from .scaling.self_consistency import SelfConsistency
 from .search.a_star import AStar
 from .search.beam import BeamSearch
+from .search.step_beam import StepBeam
 from .speculative.dyspec import DySpec
 from .speculative.early_exit import EarlyExit
 from .speculative.prompt_lookup import PromptLookup
@@ -31,6 +32,7 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     TopH,
     BeamSearch,
     AStar,
+    StepBeam,
     PromptLookup,
     TokenRecycling,
     RASD,

@@ -124,3 +124,32 @@ def test_a_star_with_one_candidate_and_no_cost_is_one_sampled_chain(tiny_model, 
     lanes = Lanes(session, 1)
     list(grow_to_end(lanes, Sampler(REGISTRY["a_star"](**params).p, session.generator)))
     assert tokens == lanes.lanes[0].tokens and len(tokens) == 12
+
+
+@pytest.mark.parametrize("beams,candidates", [(2, 3), (4, 4), (1, 2)])
+def test_step_beam_keeps_n_per_step(tiny_model, tiny_tokenizer, beams, candidates):
+    tokens, events, _ = run_method(tiny_model, tiny_tokenizer, "step_beam", max_new=10, beams=beams,
+                                   candidates=candidates, step_tokens=3, max_steps=3)
+    population = [e for e in events if isinstance(e, PopulationEvent)]
+    assert len(population) == 3                             # 10 tokens in steps of 3: nobody finishes in 3 steps
+    for event in population:
+        assert len(event.lanes) == beams * candidates and len(event.survivors) == beams
+        best = sorted(event.rewards, reverse=True)[:beams]
+        kept = [event.rewards[event.lanes.index(lane)] for lane in event.survivors]
+        assert sorted(kept, reverse=True) == best           # the survivors are the top N by reward
+        assert sum(event.weights) == pytest.approx(1.0)
+    assert last_stats(events)["reward calls"] == 3 * beams * candidates
+    chosen = [e for e in events if isinstance(e, LaneEvent) and e.kind == "chosen"]
+    assert len(chosen) == 1 and chosen[0].lane in population[-1].survivors and len(tokens) == 9
+
+
+def test_step_beam_stops_when_every_kept_beam_finished(tiny_model, tiny_tokenizer):
+    tokens, events, _ = run_method(tiny_model, tiny_tokenizer, "step_beam", max_new=5, beams=2, candidates=2,
+                                   step_tokens=3, max_steps=8)
+    population = [e for e in events if isinstance(e, PopulationEvent)]
+    assert len(population) == 2 and all(population[-1].finished) and len(tokens) == 5
+
+
+def test_step_beam_caps_lanes():
+    with pytest.raises(Exception, match="at most 16 lanes"):
+        REGISTRY["step_beam"](beams=4, candidates=5).check()
