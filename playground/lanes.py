@@ -80,6 +80,9 @@ class Lanes:
         the next logits. Returns the lane token events, each described from the logits it was drawn from."""
         if len(tokens) != len(self.lanes):
             raise ValueError(f"{len(tokens)} tokens for {len(self.lanes)} lanes")
+        for lane, token in zip(self.lanes, tokens):      # check every row before changing any
+            if token is not None and lane.finished:
+                raise ValueError(f"lane {lane.id} finished ({lane.finished}); a finished lane is never extended")
         events = [self._append(row, token, step) for row, token in enumerate(tokens) if token is not None]
         if events:
             self._advance(tokens)
@@ -87,8 +90,6 @@ class Lanes:
 
     def _append(self, row: int, token: int, step: int) -> LaneTokenEvent:
         lane = self.lanes[row]
-        if lane.finished:
-            raise ValueError(f"lane {lane.id} finished ({lane.finished}); a finished lane is never extended")
         described = self.session.describe(token, self.logits[row], len(lane.tokens))
         lane.tokens.append(token)
         full = self.session.tokenizer.decode(lane.tokens, skip_special_tokens=False)
