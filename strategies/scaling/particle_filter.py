@@ -74,7 +74,8 @@ class ParticleFilter(Strategy):
         return [lane.data["logw"] for lane in lanes.lanes]
 
     def weigh(self, log_weights: list[float], step: int) -> tuple[list[float], float, dict]:
-        """(weights, the extra temperature they were tempered with, stats)."""
+        """(weights, the annealing temperature they were tempered with on top of softmax_temperature (1: none;
+        PopulationEvent.temperature), stats)."""
         return softmax_weights(log_weights, self.p["softmax_temperature"]), 1.0, {}
 
     # --- the run -----------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ class ParticleFilter(Strategy):
             lane.data["carry"] = 0.0 if rows else lane.data["logw"]
         yield PopulationEvent(
             step=step, lanes=[lane.id for lane in before], rewards=[lane.data["reward"] for lane in before],
-            weights=weights, ess=effective, temperature=self.p["softmax_temperature"] * temperature,
+            weights=weights, ess=effective, temperature=temperature,
             survivors=[before[r].id for r in rows], finished=[bool(lane.finished) for lane in before],
             note=f"{note}; reward: {reward.label}")
         survivors = {lane.id for lane in kept}
