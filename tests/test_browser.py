@@ -383,3 +383,47 @@ def test_grounded_example_with_prompt_lookup_copies_several_tokens_per_pass(serv
     expect_same_counts(page, expected)
     assert expected.tokens_per_forward > 1.5, expected                  # 4-5 measured: whole clauses copied
     assert m["speed-up vs greedy (decode)"].endswith("x") and "greedy" in m["greedy reference"]
+
+
+# --- many sequences at once ------------------------------------------------------------------------
+
+LANE_METHOD = "particle_filter"
+
+
+def test_particle_filter_streams_its_lanes_weights_and_ancestry(server, page, clean_server_log):
+    """A user picks particle filtering with 4 particles and small steps, presses Generate, and watches the
+    lanes decode: the lane cards, the weights and the ancestry draw WHILE the run streams (before the
+    metrics table), then the chosen particle's text is committed as the answer, and the metrics show."""
+    page.goto(server)
+    set_prompt(page, "What is 12 + 30? Think step by step.")
+    pick_method(page, LANE_METHOD)
+    for name, value in (("n", 4), ("step_tokens", 12)):               # the per-step cap: ~4 steps in 48 tokens
+        field = page.get_by_role("spinbutton", name=name, exact=True).filter(visible=True)   # "n" is in many labels
+        expect(field).to_have_count(1)
+        field.fill(str(value))
+        field.press("Enter")
+    set_max_tokens(page, 48)
+    expect(page.get_by_role("spinbutton", name="max new tokens")).to_have_value("48")
+    page.click("#generate button, button#generate")
+
+    seen_while_streaming = set()
+    while "stopped by" not in (page.locator("#metrics").inner_text() or ""):
+        for key in ("weights", "ancestry"):
+            if page.locator(f"#plot-{key} .js-plotly-plot").is_visible():
+                seen_while_streaming.add(key)
+        if page.locator("#output .dp-lane").count() >= 4 and page.locator("#output .dp-tok").count() == 0:
+            seen_while_streaming.add("lane cards")
+        time.sleep(0.2)
+    assert seen_while_streaming == {"weights", "ancestry", "lane cards"}, seen_while_streaming
+
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+    expect_panels(page, drawn=("weights", "ess", "ancestry"), hidden=("tree", "acceptance", "rejection"))
+    answer = "".join(shown_tokens(page)).replace("\u200b", "")
+    assert answer.strip(), "no answer committed"
+    chosen = page.locator("#output .dp-lane-chosen .dp-lane-text")
+    expect(chosen).to_have_count(1)
+    assert chosen.text_content() == answer                          # the committed answer is the chosen lane's text
+    m = metrics_table(page)
+    assert m["method"] == LANE_METHOD and m["stopped by"] in ("eos", "length"), m
+    assert 1 <= int(number(m["new tokens"])) <= 48
+    assert page.dialogs == []

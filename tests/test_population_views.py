@@ -20,13 +20,13 @@ def tok(lane, index, text, step=0):
 
 
 def particle_run():
-    """Four particles, two steps. Step 1: lane 2 (the XSS text) is resampled away, lane 0 is copied into
-    lane 4. Step 2 (tempered): lane 4 wins; answers 7, 7, 9."""
+    """Four particles, two steps. Step 1: lane 2 (the XSS text, answer 5) is resampled away, lane 0 is copied
+    into lane 4. Step 2 (tempered): lane 4 wins; answers 7, 7, 9, 7 (a dropped lane does not vote)."""
     ev = [RunStarted("r", "m", "float32", "any", {}, 0, "q", 3, 48)]
     ev += [LaneEvent("spawn", i, 0) for i in range(4)]
     ev += [tok(0, 0, "a", 1), tok(1, 0, "b", 1), tok(2, 0, XSS, 1), tok(3, 0, "d", 1)]
     ev += [tok(0, 1, "a", 1), tok(1, 1, "b", 1), tok(3, 1, "d", 1)]
-    ev += [LaneEvent("score", i, 1, reward=r) for i, r in enumerate((0.9, 0.5, 0.1, 0.4))]
+    ev += [LaneEvent("score", i, 1, reward=r, answer="5" if i == 2 else "") for i, r in enumerate((0.9, 0.5, 0.1, 0.4))]
     ev += [PopulationEvent(1, [0, 1, 2, 3], [0.9, 0.5, 0.1, 0.4], [0.4, 0.3, 0.1, 0.2], 3.33,
                            survivors=[0, 0, 1, 3], finished=[False] * 4, note="resampled (ESS 3.3 < N/2)")]
     ev += [LaneEvent("spawn", 4, 1, parent=0)]
@@ -116,11 +116,14 @@ def test_absent_without_lane_events():
 
 def test_tree_panel_stays_out_of_lane_runs_and_draws_a_star_steps():
     assert render(particle_run()).figures["tree"] is None
-    step = "Step 2: multiply both sides by 3, so 3x = 21 and " + XSS
+    step = "Step 2: multiply both sides by 3, so 3x = 21 and " + XSS + " Then divide by 3: x = 7."
     nodes = [TreeNode(0, None, 0, "Step 1: read the problem.", 0.0, status="kept", label="f=1.0 g=0.5 h=0.5"),
              TreeNode(1, 0, 0, step, -1.0, status="chosen", label="f=0.9 g=0.6 h=0.3")]
     fig = render([TreeEvent(2, nodes, chosen=1)]).figures["tree"]
     assert "<img" not in json.dumps(fig.to_plotly_json(), default=str)
+    chosen = next(t for t in fig.data if t.name == "chosen")
+    assert chosen.customdata[-1][0].count("<br>") == 1                      # a long step wraps on hover
+    assert chosen.customdata[-1][3] == "f=0.9 g=0.6 h=0.3"
 
 
 def test_lanes_html_shows_every_lane_escaped():

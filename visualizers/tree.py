@@ -62,6 +62,11 @@ def tidy_layout(graph: nx.DiGraph) -> dict[int, tuple[float, float]]:
     return pos
 
 
+def wrapped(text: str, width: int = 80) -> str:
+    """Hover text in lines of `width` characters (a search step can be a paragraph), escaped line by line."""
+    return "<br>".join(plot_text(text[i:i + width]) for i in range(0, len(text), width)) or plot_text(text)
+
+
 def tree_figure(events: list[Event]) -> go.Figure | None:
     nodes, chosen, title = current_tree(events)
     if not nodes:
@@ -92,7 +97,7 @@ def tree_figure(events: list[Event]) -> go.Figure | None:
             x=[pos[n.id][0] for n in group], y=[pos[n.id][1] for n in group], mode="markers+text", name=status,
             text=[plot_text(visible(n.text)[:12]) for n in group], textposition="middle right",
             marker=dict(size=10, color=STATUS_COLOURS.get(status, "#7f7f7f"), line=dict(width=1, color="#333")),
-            customdata=[[plot_text(repr(visible(n.text))), n.score, n.logprob if n.logprob is not None else float("nan"),
+            customdata=[[wrapped(repr(visible(n.text))), n.score, n.logprob if n.logprob is not None else float("nan"),
                          plot_text(n.label)] for n in group],
             hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.3f}<br>logprob %{customdata[2]:.3f}"
                           "<br>%{customdata[3]}<extra></extra>",
