@@ -156,3 +156,12 @@ def test_hub_reward_scores_with_a_local_classifier_one_pass_per_call(tmp_path, e
         with torch.inference_mode():
             expected = torch.sigmoid(model(input_ids=ids).logits[0, 0].double())
         assert score == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_judge_does_not_close_a_turn_the_lane_closed_itself(tiny_model, tiny_tokenizer, one_thread):
+    session, lanes = grown_lanes(tiny_model, tiny_tokenizer)
+    closing = lanes.lanes[1].tokens[-1]
+    judge = Judge(chain=(closing, 8, 9), yes=(10,), no=(12,))
+    score = yes_probability(lanes, [1], judge)[0]
+    probs = torch.softmax(fresh_logits(tiny_model, PROMPT + lanes.lanes[1].tokens + [8, 9])[-1], -1)
+    assert score == pytest.approx(float(probs[10] / (probs[10] + probs[12])), abs=1e-9)

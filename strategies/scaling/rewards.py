@@ -161,7 +161,11 @@ def yes_probability(lanes: Lanes, rows: list[int], question: "str | Judge") -> l
     every lane (rows not asked about ride along in the same pass), the lanes left exactly as they were."""
     judge = question if isinstance(question, Judge) else Judge.build(
         lanes.session.tokenizer, lanes.session.prompt_ids, question)
-    logits = lanes.peek([list(judge.chain)] * len(lanes))                        # (lanes, V)
+    chain = list(judge.chain)
+    # a lane that ended its turn itself (eos = the template's end of turn) is not closed a second time
+    chains = [chain[1:] if lane.tokens and lane.tokens[-1] == chain[0] and len(chain) > 1 else chain
+              for lane in lanes.lanes]
+    logits = lanes.peek(chains)                                                  # (lanes, V)
     probs = torch.softmax(logits.double(), -1)
     p_yes, p_no = probs[:, list(judge.yes)].sum(-1), probs[:, list(judge.no)].sum(-1)   # (lanes,)
     return [float(p_yes[r] / (p_yes[r] + p_no[r])) if float(p_yes[r] + p_no[r]) > 0 else NEUTRAL for r in rows]
