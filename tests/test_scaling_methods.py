@@ -8,7 +8,6 @@ import itertools
 import math
 
 import pytest
-import torch
 
 from playground.decoding import DecodeSession
 from playground.events import LaneEvent, LaneTokenEvent, NoticeEvent, PopulationEvent, StatsEvent, TokenEvent
