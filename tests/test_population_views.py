@@ -148,3 +148,14 @@ def test_saved_run_renders_the_same():
         if a is not None:
             assert a.to_plotly_json() == b.to_plotly_json(), panel.key
     assert all(first.figures[k] is not None for k in LANE_PANELS)
+
+
+def test_one_step_ancestry_shows_each_lane_by_its_length():
+    """Samples side by side (one step, no copies): the ancestry's x is each lane's length in tokens."""
+    events = [LaneEvent("spawn", 0, 0), LaneEvent("spawn", 1, 0)]
+    events += [tok(0, i, "a") for i in range(3)] + [tok(1, i, "b") for i in range(5)]
+    events += [LaneEvent("finish", 0, 0, reason="eos"), LaneEvent("prune", 1, 0, reason="another lane finished first"),
+               LaneEvent("chosen", 0, 0)]
+    fig = ancestry_figure(events)
+    ends = {int(lane): x for t in fig.data if t.mode == "markers+text" for lane, x in zip(t.text, t.x)}
+    assert ends == {0: 3, 1: 5} and fig.layout.xaxis.title.text == "tokens"

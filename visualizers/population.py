@@ -149,6 +149,7 @@ def ess_figure(events: list[Event]) -> go.Figure | None:
         fig.update_layout(yaxis2=dict(title="temperature", overlaying="y", side="right"))
     fig.update_layout(title="Effective sample size per step", xaxis_title="step", yaxis_title="ESS",
                       yaxis_rangemode="tozero", height=280, **LAYOUT)
+    fig.update_xaxes(dtick=1)
     return fig
 
 
@@ -179,12 +180,18 @@ def _lineage(lanes: dict[int, LaneView]) -> set[int]:
 
 
 def ancestry_figure(events: list[Event]) -> go.Figure | None:
-    """One row per lane from the step it was born to the last step it was seen; an edge from its parent
-    where it was copied; one marker per lane at its end, coloured by its fate; the chosen lane's line thick."""
+    """One row per lane from the step it was born to the last step it was seen (a run of one step: from 0
+    to its length in tokens); an edge from its parent where it was copied; one marker per lane at its end,
+    coloured by its fate; the chosen lane and its ancestors drawn thick."""
     lanes = lane_views(events)
     if not lanes:
         return None
     rows, line = _rows(lanes), _lineage(lanes)
+    by_tokens = len({lane.born for lane in lanes.values()} | {lane.last for lane in lanes.values()}) == 1
+    if by_tokens:               # one step (samples side by side): each lane's line is its length in tokens
+        start, end = {lane.id: 0 for lane in lanes.values()}, {lane.id: lane.tokens for lane in lanes.values()}
+    else:
+        start, end = {lane.id: lane.born for lane in lanes.values()}, {lane.id: lane.last for lane in lanes.values()}
     fig = go.Figure()
     for highlighted in (False, True):
         xs: list = []
@@ -193,10 +200,10 @@ def ancestry_figure(events: list[Event]) -> go.Figure | None:
             if (lane.id in line) != highlighted:
                 continue
             y = rows[lane.id]
-            xs += [lane.born, lane.last, None]
+            xs += [start[lane.id], end[lane.id], None]
             ys += [y, y, None]
             if lane.parent in rows:
-                xs += [lane.born, lane.born, None]
+                xs += [start[lane.id], start[lane.id], None]
                 ys += [rows[lane.parent], y, None]
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
                                  line=dict(color="#2ca02c" if highlighted else "#bbb", width=4 if highlighted else 1.5)))
@@ -204,7 +211,7 @@ def ancestry_figure(events: list[Event]) -> go.Figure | None:
     for fate in dict.fromkeys(fates.values()):
         group = [lane for lane in lanes.values() if fates[lane.id] == fate]
         fig.add_trace(go.Scatter(
-            x=[lane.last for lane in group], y=[rows[lane.id] for lane in group], mode="markers+text", name=fate,
+            x=[end[lane.id] for lane in group], y=[rows[lane.id] for lane in group], mode="markers+text", name=fate,
             text=[str(lane.id) for lane in group], textposition="middle right",
             marker=dict(size=11, color=FATE_COLOURS.get(fate, "#7f7f7f"), line=dict(width=1, color="#333"),
                         symbol="x" if fate in ("pruned", "dropped") else "circle"),
@@ -215,9 +222,11 @@ def ancestry_figure(events: list[Event]) -> go.Figure | None:
                            "<br>reward %{customdata[3]} · weight %{customdata[4]}<br>answer %{customdata[5]}"
                            "<br>%{customdata[6]}<extra></extra>"),
         ))
-    fig.update_layout(title="Lane ancestry", xaxis_title="step", height=max(280, min(900, 60 + 20 * len(rows))),
+    fig.update_layout(title="Lane ancestry", xaxis_title="tokens" if by_tokens else "step",
+                      height=max(280, min(900, 60 + 20 * len(rows))),
                       yaxis=dict(visible=False, autorange="reversed"), **LAYOUT)
-    fig.update_xaxes(dtick=1)
+    if not by_tokens:
+        fig.update_xaxes(dtick=1)
     return fig
 
 
