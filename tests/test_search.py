@@ -153,3 +153,38 @@ def test_step_beam_stops_when_every_kept_beam_finished(tiny_model, tiny_tokenize
 def test_step_beam_caps_lanes():
     with pytest.raises(Exception, match="at most 16 lanes"):
         REGISTRY["step_beam"](beams=4, candidates=5).check()
+
+
+def test_a_star_prompt_pass_is_the_first_prefill_only(tiny_model, tiny_tokenizer):
+    """Re-reading a state for an expansion is decode work: the session's prompt-pass mark (which sets the
+    run's prefill time) stays at the first pass over the bare prompt."""
+    import time
+
+    session = session_for(tiny_model, tiny_tokenizer)
+    trees, after_first = 0, None
+    for event in REGISTRY["a_star"](k=2, budget=4, step_tokens=2).decode(session):
+        if isinstance(event, TreeEvent):
+            trees += 1
+            if trees == 2:                                  # the second pop: the first expansion is done
+                after_first = time.perf_counter()
+    assert after_first is not None and session.prompt_pass_done_at < after_first
+    assert session.forward_passes > 4                       # the later prefills ran, counted as passes
+
+
+@pytest.mark.parametrize("name,params", [("a_star", {"k": 2, "budget": 8, "step_tokens": 2}),
+                                         ("step_beam", {"beams": 2, "candidates": 2, "step_tokens": 2})])
+def test_stopped_search_commits_its_best_so_far(tiny_model, tiny_tokenizer, name, params):
+    from strategies import StopRun
+
+    session = session_for(tiny_model, tiny_tokenizer)
+    stream = REGISTRY[name](**params).decode(session)
+    seen = 0
+    for event in stream:
+        seen += isinstance(event, LaneEvent) and event.kind == "score" or isinstance(event, PopulationEvent)
+        if seen >= 3:
+            break
+    rest = [stream.throw(StopRun())] + list(stream)
+    notices = [e.message for e in rest if e.__class__.__name__ == "NoticeEvent"]
+    tokens = [e for e in rest if isinstance(e, TokenEvent)]
+    assert any(m.startswith("Stopped") for m in notices) and tokens
+    assert [e.index for e in tokens] == list(range(len(tokens)))

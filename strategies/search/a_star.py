@@ -5,8 +5,9 @@ steps as k lanes in one batched growth; each candidate is scored by the step rew
 g grows by the chosen cost (zero | badness lambda*(1-r) | nll lambda * mean NLL of the step). A goal is
 a finished lane (eos or the length limit). The search core is best_first.py (pure, tested without a model).
 
-Each expansion builds fresh lanes over prompt + the state's tokens: one prefill per expansion, so the cache
-is always exact (states are popped in any order; keeping every open state's cache would cost memory).
+Each expansion builds fresh lanes over prompt + the state's tokens: one prefill per expansion (counted as a
+forward pass and as decode time, not as the run's prompt pass), so the cache is always exact (states are
+popped in any order; keeping every open state's cache would cost memory).
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ TITLE = "A* tree (nodes: steps; score f = g + h)"
 
 @contextmanager
 def prompt_extended(s, tokens: list[int]):
-    """The session's prompt is prompt + tokens while lanes are built over it (their prefill)."""
-    prompt = s.prompt_ids
+    """The session's prompt is prompt + tokens while lanes are built over it (their prefill). Only the
+    run's first pass over the bare prompt is its prompt pass: re-reading a state is the method's decode work,
+    so the session's prompt-pass mark is put back (else the run's prefill time would swallow the search)."""
+    prompt, mark = s.prompt_ids, s.prompt_pass_done_at
     s.prompt_ids = prompt + list(tokens)
     try:
         yield
     finally:
         s.prompt_ids = prompt
+        if tokens:
+            s.prompt_pass_done_at = mark
 
 
 def lanes_at(s, node: Node, k: int, first_id: int) -> Lanes:
