@@ -83,7 +83,8 @@ def lookahead_rewards(lanes: Lanes, rows: list[int], reward: Reward, sampler: Sa
             pass
         for row in list(going):
             lane = lanes.lanes[row]
-            if lane.finished or len(lane.tokens) - lane.data["step_start"] >= cap or STEP_DELIMITER in step_text(lanes, row):
+            step_over = len(lane.tokens) - lane.data["step_start"] >= cap or STEP_DELIMITER in step_text(lanes, row)
+            if lane.finished or step_over:
                 going.discard(row)
     scores = reward.score(lanes, copies, final=False)
     lanes.select(list(range(n)))
