@@ -12,7 +12,7 @@ from playground.events import LaneEvent, PopulationEvent, StatsEvent, TokenEvent
 from playground.lanes import Lanes
 from strategies import REGISTRY
 from strategies.scaling.steps import Sampler, grow_to_end
-from strategies.search.best_first import BestFirst, Child, Record, plain
+from strategies.search.best_first import BestFirst, Child, plain
 
 # --- a synthetic problem: strings over {a, b, c} of length 3; each letter costs its own weight -------
 WEIGHT = {"a": 0.7, "b": 0.2, "c": 0.5}

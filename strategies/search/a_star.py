@@ -22,7 +22,7 @@ from ..base import Param, StopRun, Strategy
 from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, family_params
 from ..scaling.population import extract_answer
 from ..scaling.rewards import NEUTRAL, make_reward, reward_params
-from ..scaling.steps import Sampler, grow_step
+from ..scaling.steps import Sampler, grow_step, step_text
 from .best_first import BestFirst, Child, Node, Record
 
 TITLE = "A* tree (nodes: steps; score f = g + h)"
@@ -107,14 +107,13 @@ class AStar(Strategy):
             rewards = reward.score(lanes, rows, final=False)
             self.reward_calls += len(rows)
             children = []
-            for lane, r in zip(lanes.lanes, rewards):
-                start = lane.data["step_start"]
-                logprobs = [d.logprob for d in lane.described[start:]]
+            for row, (lane, r) in enumerate(zip(lanes.lanes, rewards)):
+                logprobs = [d.logprob for d in lane.described[lane.data["step_start"]:]]
                 yield LaneEvent("score", lane.id, search.expansions, reward=r, text=lane.text)
-                children.append(Child(tuple(lane.tokens), step_cost(p["cost"], p["cost_lambda"], r, logprobs),
-                                      1.0 - r, {"lane": lane.id, "described": lane.described, "text": lane.text,
-                                                "finished": lane.finished, "reward": r,
-                                                "step": s.tokenizer.decode(lane.tokens[start:], skip_special_tokens=False)}))
+                data = {"lane": lane.id, "described": lane.described, "text": lane.text,
+                        "finished": lane.finished, "reward": r, "step": step_text(lanes, row)}
+                cost = step_cost(p["cost"], p["cost_lambda"], r, logprobs)
+                children.append(Child(tuple(lane.tokens), cost, 1.0 - r, data))
             return children
 
         tree: dict[int, TreeNode] = {}
