@@ -397,8 +397,8 @@ def test_particle_filter_streams_its_lanes_weights_and_ancestry(server, page, cl
     page.goto(server)
     set_prompt(page, "What is 12 + 30? Think step by step.")
     pick_method(page, LANE_METHOD)
-    for name, value in (("n", 4), ("step_tokens", 12)):               # the per-step cap: ~4 steps in 48 tokens
-        field = page.get_by_role("spinbutton", name=name, exact=True).filter(visible=True)   # "n" is in many labels
+    for name, value in (("n", 4), ("step_tokens", 12)):   # set_param would match "n" in every label; cap: ~4 steps
+        field = page.get_by_role("spinbutton", name=f"number input for {name}", exact=True).filter(visible=True)
         expect(field).to_have_count(1)
         field.fill(str(value))
         field.press("Enter")

@@ -55,7 +55,7 @@ def test_weights_heat_map_holds_the_weights_and_marks_resampling():
     steps = [e for e in events if isinstance(e, PopulationEvent)]
     assert list(heat.x) == [1, 2]
     assert [[row[j] for row in heat.z] for j in range(2)] == [p.weights for p in steps]   # z[slot][step]
-    assert [row[0] for row in heat.text] == ["\u00d72", "", "\u2715", ""]          # lane 0 copied, lane 2 dropped
+    assert [row[0] for row in heat.text] == ["\u00d72", "", "\u00d70", ""]          # lane 0 copied, lane 2 dropped
     assert "lane 2" in heat.hovertext[2][0] and "reward 0.1" in heat.hovertext[2][0]
     marks = weights_figure(events).data[1]
     assert list(marks.x) == [1]                                                  # only step 1 resampled
@@ -132,6 +132,8 @@ def test_lanes_html_shows_every_lane_escaped():
     assert html_out.count('class="dp-lane ') == 5
     assert "<img" not in html_out and "&lt;img src=x onerror=alert(1)&gt;" in html_out
     assert "lanes below are decoding" in html_out                                # no answer committed yet
+    order = [int(x.split('"')[0]) for x in html_out.split('data-lane="')[1:]]
+    assert order == [0, 1, 3, 4, 2]                                               # the dropped lane last
     card = html_out.split('data-lane="4"')[1].split('data-lane=')[0]
     assert "\u2190 0" in card and "chosen" in card and "answer 7" in card and "aa x=7!" in card
 

@@ -96,8 +96,8 @@ def _number(x: float | None) -> str:
 
 # --- weights ------------------------------------------------------------------------------------
 def weights_figure(events: list[Event]) -> go.Figure | None:
-    """Steps (x) by lane slots (y), colour = normalised weight; a cell says x2 when its lane was copied,
-    a cross when resampling dropped it. Hover: lane id, reward, weight."""
+    """Steps (x) by lane slots (y), colour = normalised weight; where the step resampled or pruned, a cell
+    says how many copies of its lane were kept (x2; x0 = dropped; blank = kept once). Hover: lane id, reward, weight."""
     steps = _steps(events)
     if not steps:
         return None
@@ -110,7 +110,7 @@ def weights_figure(events: list[Event]) -> go.Figure | None:
         for i, lane_id in enumerate(p.lanes):
             z[i][j] = p.weights[i] if i < len(p.weights) else None
             if p.survivors:
-                marks[i][j] = "\u2715" if copies[lane_id] == 0 else (f"\u00d7{copies[lane_id]}" if copies[lane_id] > 1 else "")
+                marks[i][j] = "" if copies[lane_id] == 1 else f"\u00d7{copies[lane_id]}"    # x0: dropped
             reward = p.rewards[i] if i < len(p.rewards) else None
             hover[i][j] = (f"step {p.step} · lane {lane_id}<br>reward {_number(reward)}<br>weight {_number(z[i][j])}"
                            + (f"<br>kept {copies[lane_id]}x" if p.survivors else ""))
@@ -311,7 +311,8 @@ def lanes_html(events: list[Event]) -> str:
     if not lanes:
         return ""
     cards = []
-    for lane in sorted(lanes.values(), key=lambda v: v.id):
+    gone = ("pruned", "dropped")
+    for lane in sorted(lanes.values(), key=lambda v: (v.fate in gone and not v.chosen, v.id)):   # the living first
         fate = "chosen" if lane.chosen else lane.fate
         head = [f"lane {lane.id}"]
         if lane.parent is not None:
