@@ -264,7 +264,7 @@ def votes_figure(events: list[Event]) -> go.Figure | None:
 # --- lengths over time ----------------------------------------------------------------------------
 def race_figure(events: list[Event]) -> go.Figure | None:
     """Each lane's length over time (x: batched decoding steps, counted from the order of lane tokens: a
-    step ends when a lane adds its next token), finish marks, the chosen (else the first finished) lane thick.
+    step ends when a lane adds its next token, or at a population step), finish marks, the chosen (else the first finished) lane thick.
     Drawn when two or more lanes grew and at least one finished."""
     tick, in_tick = 0, set()
     paths: dict[int, tuple[list[int], list[int]]] = {}
@@ -280,6 +280,8 @@ def race_figure(events: list[Event]) -> go.Figure | None:
             xs, ys = paths.setdefault(event.lane, ([], []))
             xs.append(tick + 1)
             ys.append(event.index + 1)
+        elif isinstance(event, PopulationEvent) and in_tick:      # a population step ends a batched step
+            tick, in_tick = tick + 1, set()
         elif isinstance(event, LaneEvent) and event.kind == "finish":
             ends.append((event.lane, tick + 1, lengths.get(event.lane, 0), event.reason))
         elif isinstance(event, LaneEvent) and event.kind == "chosen":
