@@ -22,6 +22,9 @@ from .prompts import PROMPT_SETS
 from .runner import GenerationRequest, execute, prepare, warm_up
 
 PROMPTS = PROMPT_SETS["open-ended"]
+# Methods that decode many sequences and pick one: their cost is N lanes, not tokens/s of one answer;
+# `bench --scaling` measures them (bench_scaling.py).
+SCALING = {name for name, cls in REGISTRY.items() if cls.many_sequences}
 
 
 # transformers' own speculative decoders, timed beside ours when the matching method is benched.
@@ -73,7 +76,7 @@ def top2_logit_gap(token: TokenEvent) -> float:
 
 def main(args) -> int:
     loaded = load_model(args.model, args.dtype)
-    methods = args.methods.split(",") if args.methods else list(REGISTRY)
+    methods = args.methods.split(",") if args.methods else [m for m in REGISTRY if m not in SCALING]
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
         print(f"error: unknown method {unknown[0]!r}; available: {', '.join(REGISTRY)}", file=sys.stderr)
@@ -82,6 +85,13 @@ def main(args) -> int:
     # warm-up: first calls pay for allocation and kernel selection
     run_method(loaded, "greedy", PROMPTS[0], 8)
     warm_up(loaded)
+    if getattr(args, "scaling", False):          # many sequences: cost and accuracy, not speed-ups
+        from .bench_scaling import main as scaling_main
+
+        report = scaling_main(args, loaded)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        return 0
     sets = list(PROMPT_SETS) if args.prompts == "all" else [args.prompts]
     report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default=None, help="comma-separated subset of methods (greedy always runs)")
     p.add_argument("--prompts", default="all", choices=["all", "open-ended", "grounded"],
                    help="prompt set: open-ended answers, grounded edits of a given text, or both")
+    p.add_argument("--scaling", action="store_true",
+                   help="many sequences instead: N lanes' cost against one sample, and accuracy on the "
+                        "arithmetic task set (greedy, best-of-N, self-consistency, particle filtering)")
+    p.add_argument("--scaling-length", type=int, default=64, help="tokens per lane in the --scaling cost check")
+    p.add_argument("--tasks", type=int, default=12, help="arithmetic tasks in the --scaling accuracy check")
     p.add_argument("--model", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
     p.set_defaults(func=cmd_bench)

@@ -37,6 +37,8 @@ def supports(model) -> bool:
     if config.hidden_act != "silu" or getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
         return False
     inner = getattr(model, "model", None)
+    if getattr(model, "lm_head", None) is None:          # a sequence classifier has a score head instead
+        return False
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 

@@ -72,6 +72,7 @@ class Strategy:
     paper: ClassVar[str] = ""          # link to the paper (or the reference implementation)
     lossless: ClassVar[bool] = False   # output equals plain greedy, token for token
     needs_draft: ClassVar[bool] = False  # uses a separate draft model (GenerationRequest.draft_model_id)
+    many_sequences: ClassVar[bool] = False  # decodes many lanes and returns one (its cost is N lanes, not one answer)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, **values: Any):
@@ -114,5 +115,6 @@ class Strategy:
             "paper": cls.paper,
             "lossless": cls.lossless,
             "needs_draft": cls.needs_draft,
+            "many_sequences": cls.many_sequences,
             "params": [p.schema() for p in cls.params],
         }

@@ -74,6 +74,18 @@ def traffic_rows(m: MetricsEvent) -> list[tuple[str, str]]:
     ]
 
 
+def lane_rows(m: MetricsEvent) -> list[tuple[str, str]]:
+    """Many sequences at once: the population's own counts (absent for one-sequence methods)."""
+    rows = []
+    if m.samples is not None:
+        rows += [("samples (lanes started, copies included)", _fmt(m.samples)),
+                 ("tokens across all lanes", _fmt(m.lane_tokens)),
+                 ("tokens / s across all lanes", _fmt(m.lane_tokens_per_s))]
+    if m.reward_forward_passes:
+        rows.append(("reward forward passes (scoring, not generating)", _fmt(m.reward_forward_passes)))
+    return rows
+
+
 def metrics_rows(events: list[Event]) -> list[tuple[str, str]]:
     start = next((e for e in events if isinstance(e, RunStarted)), None)
     metrics = next((e for e in reversed(events) if isinstance(e, MetricsEvent)), None)
@@ -82,6 +94,7 @@ def metrics_rows(events: list[Event]) -> list[tuple[str, str]]:
         rows += speed_rows(metrics) + traffic_rows(metrics) + [("stopped by", metrics.stop_reason)]
         if metrics.draft_forward_passes:
             rows.append(("draft forward passes", _fmt(metrics.draft_forward_passes)))
+        rows += lane_rows(metrics)
         rows += [(k, _fmt(v)) for k, v in metrics.method.items()]
     else:
         stats = [e for e in events if isinstance(e, StatsEvent)]

@@ -69,6 +69,7 @@ class Adaptive(Strategy):
                "calibrated; SmolLM2 is not, so the score is uncalibrated. The temperature rises linearly "
                "across samples from first_temperature to temperature (our schedule).")
     paper = "https://arxiv.org/abs/2410.02725"
+    many_sequences = True
     params = (
         Param("mode", "choice", "sampling", choices=("sampling", "pruning"),
               help="sampling: one sample at a time until the score reaches the threshold; pruning: N lanes, "

@@ -24,6 +24,7 @@ class BestOfN(Strategy):
     summary = ("Sample N answers at once (one batched forward per token), score each with the reward, and return "
                "the best, or draw one from softmax(reward / tau).")
     paper = "https://arxiv.org/abs/2407.21787"
+    many_sequences = True
     params = (
         Param("n", "int", 4, 1, 16, help="Samples N, decoded together as lanes.", step=1),
         Param("selection", "choice", "argmax", choices=("argmax", "softmax"),

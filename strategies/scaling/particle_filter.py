@@ -59,6 +59,7 @@ class ParticleFilter(Strategy):
                "model's own confidence over the step (a substitute for the authors' PRM). Once every particle "
                "has finished the pool is kept as it is (ours: a last resampling could only drop the best).")
     paper = "https://arxiv.org/abs/2502.01618"
+    many_sequences = True
     params = particle_params("multinomial")
 
     def check(self):

@@ -73,6 +73,7 @@ class AStar(Strategy):
                "the reward is an offline substitute, and g is ours (the paper's was not verified). Each expansion "
                "prefills prompt + state afresh.")
     paper = "https://arxiv.org/abs/2505.13672"
+    many_sequences = True
     params = (
         Param("k", "int", 4, 1, 8, help="Candidate next steps per expansion (lanes grown together).", step=1),
         Param("budget", "int", 16, 1, 64, help="Expansions at most; then the best finished (else best-f) state.",

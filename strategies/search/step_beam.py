@@ -41,6 +41,7 @@ class StepBeam(Strategy):
                "steps (grown together as lanes), every candidate is scored by the step reward, and the top N "
                "survive. The paper's reward is a trained PRM; here an offline substitute.")
     paper = "https://arxiv.org/abs/2408.03314"
+    many_sequences = True
     params = (
         Param("beams", "int", 4, 1, 16, help="Beams N kept after each step.", step=1),
         Param("candidates", "int", 4, 1, 16, help=f"Candidates M per beam per step (N*M <= {MAX_LANES}).", step=1),
