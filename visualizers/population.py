@@ -116,7 +116,8 @@ def weights_figure(events: list[Event]) -> go.Figure | None:
                            + (f"<br>kept {copies[lane_id]}x" if p.survivors else ""))
     fig = go.Figure(go.Heatmap(
         x=[p.step for p in steps], y=list(range(slots)), z=z, text=marks, texttemplate="%{text}", hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", colorscale="Blues", zmin=0, zmax=1,
+        hovertemplate="%{hovertext}<extra></extra>", colorscale="Blues", zmin=0,
+        zmax=max((w for p in steps for w in p.weights), default=1) or 1,      # 16 lanes' weights are all small
         colorbar=dict(title="weight"), xgap=1, ygap=1))
     resampled = [p for p in steps if p.survivors]
     if resampled:
