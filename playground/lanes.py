@@ -16,6 +16,7 @@ step out (its reasoning step is over, or it finished) takes a pad token into a h
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -41,6 +42,14 @@ class Lane:
                        described=list(self.described), data=dict(self.data))
 
 
+@dataclass
+class PromptState:
+    """A filled cache of the prompt alone (batch 1) and the next-token logits after it (V,)."""
+
+    cache: object
+    logits: torch.Tensor
+
+
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where attention is allowed, the dtype's minimum where not (a bool mask is wrong under eager)."""
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -49,19 +58,41 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class Lanes:
     """N lanes over one prompt cache: `push` a token per lane, `peek` at extra tokens, `select` rows."""
 
-    def __init__(self, session, n: int):
+    def __init__(self, session, n: int, prefix: Lane | None = None, prompt: "PromptState | None" = None,
+                 first_id: int = 0):
+        """n lanes after the prompt. `prefix`: every lane continues this lane (its tokens, descriptions and
+        text), as a search does when it re-opens a state; its tokens are read in one pass. `prompt`: the
+        prompt's own cache and logits from an earlier Lanes (`prompt_state`), copied so the prompt is not
+        read again. Lane ids are first_id, first_id + 1, ..."""
         if n < 1:
             raise ValueError("at least one lane")
         self.session = session
-        self.cache = session.new_cache()
-        first = session.prefill(self.cache)                          # (V,): one prompt pass for all lanes
+        if prompt is None:
+            self.cache = session.new_cache()
+            self.first = session.prefill(self.cache)                 # (V,): one prompt pass for all lanes
+        else:
+            self.cache, self.first = copy.deepcopy(prompt.cache), prompt.logits
+        logits = self.first
+        chain = list(prefix.tokens) if prefix is not None else []
+        if chain:                                                    # the cache holds the prompt: not a prompt pass
+            logits = session.forward(chain, self.cache)[0][0]
         self.cache.batch_repeat_interleave(n)
-        self.seen = torch.ones(n, len(session.prompt_ids), dtype=torch.bool)   # (rows, columns)
-        self.logits = first[None].expand(n, -1).clone()              # (rows, V): each row's next-token logits
-        self.lanes = [Lane(id=i, parent=None) for i in range(n)]
+        self.seen = torch.ones(n, len(session.prompt_ids) + len(chain), dtype=torch.bool)   # (rows, columns)
+        self.logits = logits[None].expand(n, -1).clone()             # (rows, V): each row's next-token logits
+        self.lanes = [prefix.fork(first_id + i) if prefix is not None else Lane(id=first_id + i, parent=None)
+                      for i in range(n)]
         self.freed: list[Lane] = []                                  # lanes taken out of the batch, kept as records
-        self._next_id = n
+        self._next_id = first_id + n
         session.lanes_started += n
+
+    def prompt_state(self) -> "PromptState":
+        """The prompt's cache (row 0's first columns: every row sees the prompt, and compaction keeps seen
+        columns first and in order) and the logits after it, for later Lanes to start from."""
+        prompt_length = len(self.session.prompt_ids)
+        cache = self.session.new_cache()
+        for index, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys[:1, :, :prompt_length].clone(), layer.values[:1, :, :prompt_length].clone(), index)
+        return PromptState(cache, self.first)
 
     def __len__(self) -> int:
         return len(self.lanes)

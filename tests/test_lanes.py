@@ -167,3 +167,25 @@ def test_commit_yields_the_lane_as_the_answer(tiny_model, tiny_tokenizer, one_th
     assert [e.token_id for e in events] == lane.tokens == session.output_ids
     assert "".join(e.text for e in events) == lane.text
     assert [e.logprob for e in events] == [d.logprob for d in lane.described]
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "transformers"])
+def test_lanes_continuing_a_lane_from_the_prompt_cache(tiny_model, tiny_tokenizer, one_thread, lean):
+    """A search re-opening a state: new lanes continue a lane's tokens from a copy of the prompt's cache,
+    reading only the lane's tokens (one pass, no prompt pass), and then compute what each lane alone would."""
+    session = session_for(tiny_model, tiny_tokenizer, lean)
+    first = Lanes(session, 2)
+    for step in range(3):
+        first.push(scripted_tokens(2, step, {1: {1}}), step)
+    state, prompt = first.lanes[0], first.prompt_state()
+    passes, mark = session.forward_passes, session.prompt_pass_done_at
+    lanes = Lanes(session, 3, prefix=state, prompt=prompt, first_id=10)
+    assert session.forward_passes == passes + 1 and session.prompt_pass_done_at == mark
+    assert [(lane.id, lane.parent, lane.tokens) for lane in lanes.lanes] == [(10 + i, state.id, state.tokens)
+                                                                            for i in range(3)]
+    assert_each_lane_alone(tiny_model, lanes)
+    for step in range(3):
+        lanes.push(scripted_tokens(3, step, {}), step)
+        assert_each_lane_alone(tiny_model, lanes)
+    assert state.tokens == first.lanes[0].tokens and len(state.tokens) == 3      # the state itself is untouched
+    torch.testing.assert_close(prompt.cache.layers[0].keys, first.prompt_state().cache.layers[0].keys)

@@ -5,18 +5,17 @@ steps as k lanes in one batched growth; each candidate is scored by the step rew
 g grows by the chosen cost (zero | badness lambda*(1-r) | nll lambda * mean NLL of the step). A goal is
 a finished lane (eos or the length limit). The search core is best_first.py (pure, tested without a model).
 
-Each expansion builds fresh lanes over prompt + the state's tokens: one prefill per expansion (counted as a
-forward pass and as decode time, not as the run's prompt pass), so the cache is always exact (states are
-popped in any order; keeping every open state's cache would cost memory).
+Each expansion builds fresh lanes from a copy of the prompt's cache and reads the state's tokens in one pass
+(counted as a forward pass and as decode time), so the cache is always exact: states are popped in any
+order, and keeping every open state's cache would cost memory.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import replace
 
 from playground.events import LaneEvent, NoticeEvent, StatsEvent, TreeEvent, TreeNode
-from playground.lanes import Lanes
+from playground.lanes import Lane, Lanes, PromptState
 
 from ..base import Param, StopRun, Strategy
 from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, family_params
@@ -28,32 +27,14 @@ from .best_first import BestFirst, Child, Node, Record
 TITLE = "A* tree (nodes: steps; score f = g + h)"
 
 
-@contextmanager
-def prompt_extended(s, tokens: list[int]):
-    """The session's prompt is prompt + tokens while lanes are built over it (their prefill). Only the
-    run's first pass over the bare prompt is its prompt pass: re-reading a state is the method's decode work,
-    so the session's prompt-pass mark is put back (else the run's prefill time would swallow the search)."""
-    prompt, mark = s.prompt_ids, s.prompt_pass_done_at
-    s.prompt_ids = prompt + list(tokens)
-    try:
-        yield
-    finally:
-        s.prompt_ids = prompt
-        if tokens:
-            s.prompt_pass_done_at = mark
-
-
-def lanes_at(s, node: Node, k: int, first_id: int) -> Lanes:
+def lanes_at(s, node: Node, k: int, first_id: int, prompt: PromptState | None) -> Lanes:
     """k lanes that continue the node's state: its tokens and their descriptions are each lane's own,
-    so the length limit, the step text and a trace-scoped reward see the whole solution so far."""
-    with prompt_extended(s, list(node.state)):
-        lanes = Lanes(s, k)
-    for i, lane in enumerate(lanes.lanes):
-        lane.id = first_id + i                      # ids stay unique across expansions
-        lane.tokens = list(node.state)
-        lane.described = list(node.data.get("described", []))
-        lane.text = node.data.get("text", "")
-    return lanes
+    so the length limit, the step text and a trace-scoped reward see the whole solution so far. The
+    prompt's cache is copied from the first expansion; the state's tokens are read in one pass."""
+    if not node.state:
+        return Lanes(s, k, first_id=first_id)
+    prefix = Lane(node.data["lane"], None, list(node.state), list(node.data["described"]), node.data["text"])
+    return Lanes(s, k, prefix=prefix, prompt=prompt, first_id=first_id)
 
 
 def step_cost(kind: str, lam: float, reward: float, logprobs: list[float]) -> float:
@@ -71,7 +52,7 @@ class AStar(Strategy):
     summary = ("Best-first search over partial solutions: expand the state with the lowest f = g + h by sampling "
                "k next steps in one batch; h = 1 - step reward. The paper uses a process reward model; here "
                "the reward is an offline substitute, and g is ours (the paper's was not verified). Each expansion "
-               "prefills prompt + state afresh.")
+               "re-reads its state's tokens in one pass (the prompt's cache is kept).")
     paper = "https://arxiv.org/abs/2505.13672"
     many_sequences = True
     params = (
@@ -99,8 +80,11 @@ class AStar(Strategy):
                            key=tuple)
         self.reward_calls = 0
 
+        prompt: list[PromptState] = []                  # the prompt's cache, once the first expansion read it
+
         def expand(node: Node):
-            lanes = lanes_at(s, node, p["k"], first_id=search.expansions * p["k"])
+            lanes = lanes_at(s, node, p["k"], search.expansions * p["k"], prompt[0] if prompt else None)
+            prompt[:] = prompt or [lanes.prompt_state()]
             for lane in lanes.lanes:
                 yield LaneEvent("spawn", lane.id, search.expansions, parent=node.data.get("lane"))
             yield from grow_step(lanes, sampler, search.expansions, p["step_tokens"])
