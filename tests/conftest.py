@@ -7,6 +7,7 @@ converted copy is cached in PLAYGROUND_CACHE_DIR (kept between runs, so CI conve
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class TinyTokenizer:
 
     def decode(self, ids, skip_special_tokens=False):
         return "".join(f" t{int(i)}" for i in ids)
+
+    def encode(self, text, add_special_tokens=False):
+        """One id per word with its leading spaces (so a judge question can be asked, and " Yes" and " No"
+        are distinct tokens; their meaning is lost on a random model)."""
+        return [3 + sum((i + 1) * ord(c) for i, c in enumerate(w)) % 90 for w in re.findall(r"\s*\S+|\s+$", text)]
 
 
 def build_tiny_llama(seed: int = 0, vocab: int = 96, layers: int = 2, init: float = 0.3):

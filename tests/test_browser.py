@@ -312,7 +312,7 @@ def test_token_recycling_draws_its_draft_tree_and_acceptance(server, page, embed
     pick_method(page, "token_recycling")
     expect(page.get_by_role("spinbutton", name="max_nodes")).to_be_visible()
     expect(page.get_by_text("gamma", exact=True)).to_have_count(0)
-    page.get_by_label("adaptive").filter(visible=True).uncheck()          # a pinned tree: 8 nodes every round
+    page.get_by_role("checkbox", name="adaptive", exact=True).filter(visible=True).uncheck()          # a pinned tree: 8 nodes every round
     set_param(page, "max_nodes", 8)
     generate_and_wait(page, SPEC_TOKENS)
 

@@ -349,3 +349,30 @@ def test_runs_saved_before_these_fields_still_load_and_say_so():
     rows = dict(metrics_rows(events))
     assert rows[OLD_DECODE_RATE] == "700.0" and rows[OLD_TRAFFIC] == "0.900" and rows["chat template"] == "-"
     assert from_dicts(to_dicts(events))[1] == event_from_dict(old_metrics)
+
+
+def test_lane_counts_are_the_events_counted(tiny, single_thread, monkeypatch):
+    """Many sequences: tokens across lanes = the LaneTokenEvents streamed, samples = the lanes spawned
+    (copies included), reward passes = the passes a reward ran (a peek per scoring here), apart from the
+    generating passes."""
+    from playground.events import LaneEvent, LaneTokenEvent
+    from strategies.scaling import rewards
+
+    class PeekingReward(rewards.Reward):
+        name, label, calls = "peeking", "a peek per call (test)", 0
+
+        def score(self, lanes, rows, final):
+            PeekingReward.calls += 1
+            lanes.peek([[7, 8] for _ in range(len(lanes))])
+            return [0.5 + 0.1 * (r % 3) for r in rows]
+
+    monkeypatch.setitem(rewards.REWARDS, "peeking", PeekingReward)
+    run = tiny_run(tiny, "particle_filter", {"n": 4, "step_tokens": 3, "max_steps": 4}, tokens=12)
+    run.strategy.p["reward"] = "peeking"                         # not a user's choice: set past the schema
+    events = list(execute(run))
+    metrics = events[-1]
+    spawned = {e.lane for e in events if isinstance(e, LaneEvent) and e.kind == "spawn"}
+    assert metrics.lane_tokens == sum(isinstance(e, LaneTokenEvent) for e in events) > metrics.new_tokens
+    assert metrics.samples == len(spawned) > 4                   # resampling copied some particles
+    assert metrics.reward_forward_passes == PeekingReward.calls > 0
+    assert metrics.lane_tokens_per_s == pytest.approx(metrics.lane_tokens / metrics.elapsed_s)
