@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from playground.events import LaneEvent, NoticeEvent, PopulationEvent
-from playground.lanes import Lanes
+from playground.events import LaneEvent, PopulationEvent
 
-from ..base import Param, StopRun, Strategy
+from ..base import Param, Strategy
 from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, family_params
 from .population import ess, extract_answer, softmax_weights
 from .rewards import make_reward, reward_params
-from .steps import Sampler, grow_to_end
+from .steps import sample_to_end
 
 
 class BestOfN(Strategy):
@@ -39,13 +38,7 @@ class BestOfN(Strategy):
 
     def decode(self, s):
         reward = make_reward(self.p)
-        lanes = Lanes(s, self.p["n"])
-        for lane in lanes.lanes:
-            yield LaneEvent("spawn", lane.id, 0)
-        try:
-            yield from grow_to_end(lanes, Sampler(self.p, s.generator))
-        except StopRun:
-            yield NoticeEvent("stopped", "Stopped: the samples are scored as they stand.")
+        lanes = yield from sample_to_end(s, self.p["n"], self.p, "Stopped: the samples are scored as they stand.")
         rows = list(range(len(lanes)))
         scores = reward.score(lanes, rows, final=True)
         if self.p["selection"] == "softmax":

@@ -12,11 +12,11 @@ import math
 from playground.events import LaneEvent, NoticeEvent, PopulationEvent, StatsEvent
 from playground.lanes import Lanes
 
-from ..base import Param, StopRun, Strategy
+from ..base import Param, Strategy
 from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, family_params
 from .population import ess, extract_answer, vote
 from .rewards import make_reward, reward_params
-from .steps import Sampler, grow_to_end
+from .steps import sample_to_end
 
 WEIGHTINGS = ("none", "reward", "likelihood")
 
@@ -58,13 +58,7 @@ class SelfConsistency(Strategy):
 
     def decode(self, s):
         reward = make_reward(self.p)
-        lanes = Lanes(s, self.p["n"])
-        for lane in lanes.lanes:
-            yield LaneEvent("spawn", lane.id, 0)
-        try:
-            yield from grow_to_end(lanes, Sampler(self.p, s.generator))
-        except StopRun:
-            yield NoticeEvent("stopped", "Stopped: the chains vote as they stand.")
+        lanes = yield from sample_to_end(s, self.p["n"], self.p, "Stopped: the chains vote as they stand.")
         yield from self.choose(lanes, reward)
 
     def choose(self, lanes: Lanes, reward):

@@ -11,7 +11,8 @@ from typing import Iterator
 
 import torch
 
-from playground.events import Event, LaneEvent
+from playground.decoding import StopRun
+from playground.events import Event, LaneEvent, NoticeEvent
 from playground.lanes import Lanes
 
 from ..sampling.warpers import chain_or_greedy
@@ -88,3 +89,16 @@ def grow_to_end(lanes: Lanes, sampler: Sampler, step: int = 0, stop_when_any_fin
         yield from grow(lanes, set(lanes.live()), sampler, step)
         if stop_when_any_finishes and len(lanes.live()) < before:
             return
+
+
+def sample_to_end(s, n: int, values: dict, stopped: str):
+    """n lanes sampled to the end in one batch, with their spawn events (`lanes = yield from ...`). A Stop
+    ends the sampling; the method then uses the lanes as they stand, and `stopped` tells the user so."""
+    lanes = Lanes(s, n)
+    for lane in lanes.lanes:
+        yield LaneEvent("spawn", lane.id, 0)
+    try:
+        yield from grow_to_end(lanes, Sampler(values, s.generator))
+    except StopRun:
+        yield NoticeEvent("stopped", stopped)
+    return lanes
