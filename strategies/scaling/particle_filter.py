@@ -83,7 +83,7 @@ class ParticleFilter(Strategy):
     def decode(self, s):
         reward = make_reward(self.p)
         lanes = Lanes(s, self.p["n"])
-        sampler, draws, step = Sampler(self.p, s.generator), s.side_generator(0), 0
+        sampler, draws, done = Sampler(self.p, s.generator), s.side_generator(0), 0
         try:
             for lane in lanes.lanes:
                 lane.data["root"] = lane.id
@@ -97,10 +97,11 @@ class ParticleFilter(Strategy):
                     yield from finish_all(lanes, step)
                 score(lanes, reward, grown)
                 yield from self.resample_step(lanes, reward, grown, step, draws)
+                done = step
         except StopRun:
             yield NoticeEvent("stopped", "Stopped: the output is the particle with the highest reward so far "
                                          "(its latest reward; unscored particles count as neutral).")
-        yield from self.choose(lanes, step)
+        yield from self.choose(lanes, done)
 
     def resample_step(self, lanes: Lanes, reward: Reward, grown: list[int], step: int, draws) -> Iterator[Event]:
         n, before = len(lanes), list(lanes.lanes)
