@@ -309,3 +309,51 @@ class LayerAcceptanceEvent(Event):
     baseline_tpl: float
     exit_layer: int
     draft_length: int
+
+
+@event_type("momentum_step")
+@dataclass
+class MomentumStepEvent(Event):
+    """One step of momentum decoding (generation as exploration of a token graph): the top-k candidates
+    with their probability p, repetition length l (0: a new node; 1: seen, no longer n-gram repeated;
+    n: the last n-1 tokens + it already occurred), penalty alpha*R(l) (None: infinite, blocked) and score
+    p - penalty (None: -inf); which one was chosen; and the graph delta, so a view grows the graph from
+    events: the edge walked (source -> target), whether target is a new node, the edge's visits after
+    this step (1: a new edge, >1: revisited). The first step also carries the prompt's graph.
+
+    label (the official code's): 0 = the greedy token was a new node; 1 = greedy chosen though a
+    repeat; 2 = greedy overridden. `blocked`: every candidate had an infinite penalty; greedy was taken."""
+
+    step: int
+    candidates: list[dict[str, Any]]   # token_id, text, p, l, penalty, score (top-k order)
+    chosen: int                        # index into candidates
+    label: int
+    source: int                        # the token before this one (edge source)
+    target: int                        # the chosen token id
+    new_node: bool
+    edge_visits: int
+    blocked: bool = False
+    prompt_nodes: list[list[Any]] = field(default_factory=list)   # first step: [token_id, text] per node
+    prompt_edges: list[list[int]] = field(default_factory=list)   # first step: [source, target, visits]
+
+
+@event_type("superposed_step")
+@dataclass
+class SuperposedStepEvent(Event):
+    """One step of superposed decoding: the k drafts after the step (best first) with their texts so far,
+    cumulative scores and the superposition weights their last tokens get in the NEXT input embedding
+    (a simplex over drafts; drafts sharing a last token are merged: `merged` the distinct last tokens),
+    `distinct` the number of distinct drafts (collapse shows as 1), and the step's k x m candidates:
+    dicts {draft, token_id, text, lm_logprob, ngram_logprob (None: n-gram off), score, total, kept}
+    where score = (1-alpha) log p_lm + alpha log p_ngram (- penalty when all of a draft's were -inf) and
+    total the draft's cumulative score plus it. `kept` marks the candidates that became the new drafts."""
+
+    step: int
+    drafts: list[str]
+    scores: list[float]
+    weights: list[float]
+    candidates: list[dict[str, Any]]
+    distinct: int
+    merged: int = 0
+    ngram: bool = True
+    finished: bool = False             # the best candidate ended in EOS: the run's answer is drafts[0]

@@ -16,6 +16,7 @@ from .scaling.self_consistency import SelfConsistency
 from .search.a_star import AStar
 from .search.beam import BeamSearch
 from .search.step_beam import StepBeam
+from .single_pass.momentum import Momentum
 from .speculative.dyspec import DySpec
 from .speculative.early_exit import EarlyExit
 from .speculative.prompt_lookup import PromptLookup
@@ -48,6 +49,7 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     SelfConsistency,
     FirstFinish,
     Adaptive,
+    Momentum,
 )}
 
 
