@@ -71,7 +71,8 @@ class DecodeSession:
         return DynamicCache(config=self.model.config)
 
     def forward(self, input_ids: torch.Tensor | list[int], cache=None, last_only: bool = True, **kwargs):
-        """One counted target forward pass. Returns logits (rows, V) as float, and the model output."""
+        """One counted target forward pass. Returns logits (rows, V) as float, and the model output.
+        `input_ids=None, inputs_embeds=(1, n, hidden)` feeds vectors instead of tokens (counted the same)."""
         self.forward_passes += 1
         return self._call(self.model, input_ids, cache, last_only, kwargs)
 
@@ -105,11 +106,16 @@ class DecodeSession:
         return result
 
     def _run(self, model, input_ids, cache, last_only: bool, kwargs: dict):
-        if not torch.is_tensor(input_ids):
-            input_ids = torch.tensor([input_ids], dtype=torch.long)
-        if input_ids.dim() == 1:
-            input_ids = input_ids[None]
-        input_ids = input_ids.to(self.device)
+        if input_ids is None:          # an `inputs_embeds=(batch, n, hidden)` pass (superposed decoding)
+            if kwargs.get("inputs_embeds") is None:
+                raise ValueError("a forward pass needs input_ids or inputs_embeds")
+            kwargs = {**kwargs, "inputs_embeds": kwargs["inputs_embeds"].to(self.device)}
+        else:
+            if not torch.is_tensor(input_ids):
+                input_ids = torch.tensor([input_ids], dtype=torch.long)
+            if input_ids.dim() == 1:
+                input_ids = input_ids[None]
+            input_ids = input_ids.to(self.device)
         logits_to_keep = 1 if last_only else 0
         with torch.inference_mode():
             if self.lean and lean_forward.supports(model):

@@ -70,16 +70,21 @@ def attention(layer_index: int, attn, x, cos, sin, cache, mask):
 
 def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
-            output_hidden_states: bool = False, **_) -> LeanOutput:
+            output_hidden_states: bool = False, inputs_embeds: torch.Tensor | None = None,
+            **_) -> LeanOutput:
     """The transformers call `model(input_ids, cache=, attention_mask=<4-D additive>, position_ids=,
     logits_to_keep=, output_hidden_states=)`, straight through. Hidden states follow transformers'
-    convention: embeddings, each layer's un-normalised output, and the last one normalised."""
+    convention: embeddings, each layer's un-normalised output, and the last one normalised.
+    `inputs_embeds` (batch, n, hidden), with input_ids None, replaces the embedding look-up."""
     inner = model.model
-    batch, n = input_ids.shape
+    if inputs_embeds is not None:
+        batch, n = inputs_embeds.shape[:2]
+    else:
+        batch, n = input_ids.shape
     past = cache.get_seq_length() if cache is not None else 0
     if position_ids is None:
         position_ids = torch.arange(past, past + n)[None].expand(batch, n)
-    x = inner.embed_tokens(input_ids)
+    x = inputs_embeds if inputs_embeds is not None else inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype).masked_fill(~attention_mask,
