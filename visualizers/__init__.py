@@ -14,7 +14,10 @@ import plotly.graph_objects as go
 
 from playground.events import Event
 
+from .adadec import entropy_threshold_figure, pauses_figure
+from .extract import extract_figure, extract_html
 from .metrics import metrics_html
+from .momentum import momentum_bars_figure, momentum_graph_figure, momentum_label_figure
 from .population import ancestry_figure, ess_figure, lanes_html, race_figure, votes_figure, weights_figure
 from .rejection import layer_acceptance_figure, rejection_figure
 from .speculative import acceptance_figure, depth_figure, draft_probability_figure
@@ -45,6 +48,12 @@ PANELS: tuple[Panel, ...] = (
     Panel("ancestry", "Lane ancestry", ancestry_figure),
     Panel("votes", "Answer votes", votes_figure),
     Panel("race", "Lanes' lengths over time", race_figure),
+    Panel("extract_spans", "Top spans (exact extract)", extract_figure),
+    Panel("adadec_entropy", "Entropy vs threshold, pauses (AdaDec)", entropy_threshold_figure),
+    Panel("adadec_pauses", "Pause: candidates, rollouts, scores (AdaDec)", pauses_figure),
+    Panel("momentum_graph", "Token graph (momentum)", momentum_graph_figure),
+    Panel("momentum_bars", "p vs resisted score (momentum)", momentum_bars_figure),
+    Panel("momentum_labels", "Greedy kept / overridden (momentum)", momentum_label_figure),
 )
 
 
@@ -57,7 +66,7 @@ class Rendered:
 
 def text_html(events: list[Event]) -> str:
     """The committed answer, then (for runs of many sequences) every lane's text under it."""
-    return tokens_html(events) + lanes_html(events)
+    return tokens_html(events) + lanes_html(events) + extract_html(events)
 
 
 def render(events: list[Event]) -> Rendered:
