@@ -357,3 +357,41 @@ class SuperposedStepEvent(Event):
     merged: int = 0
     ngram: bool = True
     finished: bool = False             # the best candidate ended in EOS: the run's answer is drafts[0]
+
+
+@event_type("extract")
+@dataclass
+class ExtractEvent(Event):
+    """Exact extract (strategies/single_pass/exact_extract.py): the passage, its top spans so far, ranked
+    (each a dict: start_char, end_char, text = passage[start_char:end_char], logprob = log p(span) + log
+    p(end), span_logprob, end_logprob, rank, tokens), greedy's free answer, and the search's progress.
+    `chosen` indexes `spans` (the answer); `done` False while the search still runs (the last one wins)."""
+
+    passage: str
+    spans: list[dict[str, Any]]
+    free_answer: str
+    chosen: int | None = 0
+    question: str = ""
+    done: bool = True
+    starts: int = 0               # start positions in the passage
+    starts_scored: int = 0
+    spans_scored: int = 0
+    pruned: int = 0               # starts skipped by the bound
+    search_passes: int = 0        # batched forwards of the search
+    source: str = ""              # "fields" (the method's own prompt) or "prompt" (parsed from the run's prompt)
+
+
+@event_type("pause")
+@dataclass
+class PauseEvent(Event):
+    """AdaDec paused at output position `step` (the step's entropy >= threshold, nats; threshold None:
+    infinite): each of the top-B candidates with its greedy rollout and score = (logprob + the rollout's
+    log-probs) / (rollout length + 1); `chosen` marks the one committed (only its first token is kept).
+    Candidates: token_id, text, logprob, rollout_ids, rollout_text, score, chosen. `forward_passes`:
+    the rollouts' passes at this pause."""
+
+    step: int
+    entropy: float
+    threshold: float | None
+    candidates: list[dict[str, Any]]
+    forward_passes: int = 0

@@ -16,7 +16,10 @@ from .scaling.self_consistency import SelfConsistency
 from .search.a_star import AStar
 from .search.beam import BeamSearch
 from .search.step_beam import StepBeam
+from .single_pass.adadec import AdaDec
+from .single_pass.exact_extract import ExactExtract
 from .single_pass.momentum import Momentum
+from .single_pass.superposed import Superposed
 from .speculative.dyspec import DySpec
 from .speculative.early_exit import EarlyExit
 from .speculative.prompt_lookup import PromptLookup
@@ -49,7 +52,10 @@ REGISTRY: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     SelfConsistency,
     FirstFinish,
     Adaptive,
+    AdaDec,
     Momentum,
+    ExactExtract,
+    Superposed,
 )}
 
 
