@@ -427,3 +427,35 @@ def test_particle_filter_streams_its_lanes_weights_and_ancestry(server, page, cl
     assert m["method"] == LANE_METHOD and m["stopped by"] in ("eos", "length"), m
     assert 1 <= int(number(m["new tokens"])) <= 48
     assert page.dialogs == []
+
+
+def test_adadec_draws_its_entropy_trace_and_pauses_live(server, page, clean_server_log):
+    """A user picks AdaDec, sets theta to 0.5 nats, presses Generate and watches: the entropy trace with the
+    threshold line and the pause table (candidates, rollouts, scores) draw WHILE the run streams; the
+    finished run shows the fraction of steps paused in the trace's title."""
+    page.goto(server)
+    set_prompt(page, "Write a Python function that returns the largest of three numbers.")
+    pick_method(page, "adadec")
+    box = page.get_by_role("textbox", name="threshold").filter(visible=True)
+    expect(box).to_have_count(1)
+    expect(box).to_have_value("fitted")
+    box.fill("0.5")
+    box.press("Tab")
+    set_max_tokens(page, 20)
+    expect(page.get_by_role("spinbutton", name="max new tokens")).to_have_value("20")
+    page.click("#generate button, button#generate")
+
+    seen_while_streaming = set()
+    while "stopped by" not in (page.locator("#metrics").inner_text() or ""):
+        for key in ("adadec_entropy", "adadec_pauses"):
+            if page.locator(f"#plot-{key} .js-plotly-plot").is_visible():
+                seen_while_streaming.add(key)
+        time.sleep(0.2)
+    assert seen_while_streaming == {"adadec_entropy", "adadec_pauses"}, seen_while_streaming
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+    expect_panels(page, drawn=("adadec_entropy", "adadec_pauses"), hidden=("tree", "weights", "acceptance"))
+    expect(page.locator("#plot-adadec_entropy")).to_contain_text("steps paused")
+    expect(page.locator("#plot-adadec_pauses")).to_contain_text("chosen")
+    m = metrics_table(page)
+    assert m["method"] == "adadec" and 1 <= int(number(m["new tokens"])) <= 20
+    assert page.dialogs == []
