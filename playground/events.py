@@ -354,6 +354,7 @@ class SuperposedStepEvent(Event):
     weights: list[float]
     candidates: list[dict[str, Any]]
     distinct: int
+    last_tokens: list[str] = field(default_factory=list)   # each draft's last token, as text
     merged: int = 0
     ngram: bool = True
     finished: bool = False             # the best candidate ended in EOS: the run's answer is drafts[0]

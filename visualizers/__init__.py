@@ -21,6 +21,7 @@ from .momentum import momentum_bars_figure, momentum_graph_figure, momentum_labe
 from .population import ancestry_figure, ess_figure, lanes_html, race_figure, votes_figure, weights_figure
 from .rejection import layer_acceptance_figure, rejection_figure
 from .speculative import acceptance_figure, depth_figure, draft_probability_figure
+from .superposed import candidates_figure, drafts_figure, superposition_figure
 from .text import CSS, tokens_html
 from .traces import entropy_figure, method_trace_figure, probability_figure
 from .tree import tree_figure
@@ -54,6 +55,9 @@ PANELS: tuple[Panel, ...] = (
     Panel("momentum_graph", "Token graph (momentum)", momentum_graph_figure),
     Panel("momentum_bars", "p vs resisted score (momentum)", momentum_bars_figure),
     Panel("momentum_labels", "Greedy kept / overridden (momentum)", momentum_label_figure),
+    Panel("superposed_drafts", "Drafts side by side (superposed)", drafts_figure),
+    Panel("superposed_weights", "Superposition weights per step (superposed)", superposition_figure),
+    Panel("superposed_candidates", "Candidates: LM vs n-gram scores (superposed)", candidates_figure),
 )
 
 

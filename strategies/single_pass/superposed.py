@@ -85,6 +85,10 @@ class Superposed(Strategy):
         Param("ngram_weights", "text", DEFAULT_WEIGHTS, high=100,
               help="Interpolation weights of orders 2..6 (contexts of 1..5 tokens); only relative values "
                    "matter."),
+        Param("ngram_floor", "float", 1e-4, 0.0, 0.1,
+              help="Deviation: the n-gram probability given to a candidate the tables never saw after the "
+                   "draft's contexts (the paper: 0, i.e. log 0 = -inf, which on our small corpus forces the "
+                   "drafts onto the few tokens the corpus has seen). 0 = the paper's rule.", step=1e-4),
         Param("penalty", "float", 200.0, 0.0, 1000.0,
               help="Subtracted from a draft whose every candidate has n-gram probability 0.", step=1),
         Param("user_text", "text", "", high=MAX_USER_TEXT,
@@ -105,7 +109,7 @@ class Superposed(Strategy):
 
     def decode(self, s):
         k, m, temp = self.p["drafts"], self.p["top_m"], self.p["temperature"]
-        alpha, penalty = self.p["alpha"], self.p["penalty"]
+        alpha, penalty, floor = self.p["alpha"], self.p["penalty"], self.p["ngram_floor"]
         ngrams = self.ngram_model(s)
         embedding = s.model.get_input_embeddings().weight
         cache = s.new_cache()
@@ -131,7 +135,7 @@ class Superposed(Strategy):
                 row = lm
                 if ngrams is not None:
                     png = ngrams.probs(s.prompt_ids + seq, ids)
-                    ng = [math.log(p) if p > 0 else -math.inf for p in png.tolist()]
+                    ng = [math.log(max(p, floor)) if max(p, floor) > 0 else -math.inf for p in png.tolist()]
                     row = [(1 - alpha) * a + alpha * b for a, b in zip(lm, ng)]
                     if all(r == -math.inf for r in row):
                         row = [(1 - alpha) * a - penalty for a in lm]
@@ -165,7 +169,7 @@ class Superposed(Strategy):
             try:
                 yield SuperposedStepEvent(
                     step=step, drafts=[s.tokenizer.decode(d, skip_special_tokens=False) for d in drafts],
-                    scores=scores, weights=weights, distinct=n_distinct, merged=merged, ngram=ngrams is not None,
+                    scores=scores, weights=weights, last_tokens=[s.token_text(d[-1]) for d in drafts], distinct=n_distinct, merged=merged, ngram=ngrams is not None,
                     finished=finished,
                     candidates=[{"draft": d, "token_id": ids[j], "text": texts[j], "lm_logprob": a,
                                  "ngram_logprob": (None if b is None else (b if b > -math.inf else None)),
