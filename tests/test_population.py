@@ -90,6 +90,18 @@ def test_entropic_temperature_is_at_least_one_and_one_when_the_population_is_hea
     assert entropic_temperature(2.0, 8, 19, 40) == pytest.approx(4 * (1 - 19 / 40))
 
 
+@pytest.mark.parametrize("text,answer", [
+    ("Step 1: Tom has 3 apples.\nStep 2: He buys 5 more.", "5"),     # "Step 2" counts steps, not apples
+    ("3 + 5 = 8 apples\n\nStep 2: Calculate", "8"),                  # an announced result beats a later step number
+    ("The answer is 8.\n\n2. Check it", "8"),
+    ("1. first\n2. second", ""),                                      # a numbered list holds no answer
+    ("#### 42", "42"), ("Answer: -3", "-3"), ("x = 12.0", "12"),
+])
+def test_extract_answer_skips_step_and_list_numbers(text, answer):
+    """Seen on the embedded model: 'Step 2:' made every lane's answer '2' and the vote unanimous."""
+    assert extract_answer(text) == answer
+
+
 def test_extract_answer_and_weighted_vote():
     assert extract_answer("so 3 + 4 = \\boxed{7}. Then 9") == "7"
     assert extract_answer("it is 1,250.0 apples") == "1250"

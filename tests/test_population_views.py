@@ -3,6 +3,7 @@ events say, is absent when the run has none, escapes model text, and a saved run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from playground.events import (LaneEvent, LaneTokenEvent, PopulationEvent, RunStarted, TokenEvent, TreeEvent,
@@ -57,8 +58,9 @@ def test_weights_heat_map_holds_the_weights_and_marks_resampling():
     assert [[row[j] for row in heat.z] for j in range(2)] == [p.weights for p in steps]   # z[slot][step]
     assert [row[0] for row in heat.text] == ["\u00d72", "", "\u00d70", ""]          # lane 0 copied, lane 2 dropped
     assert "lane 2" in heat.hovertext[2][0] and "reward 0.1" in heat.hovertext[2][0]
-    marks = weights_figure(events).data[1]
-    assert list(marks.x) == [1]                                                  # only step 1 resampled
+    marks = weights_figure(events).layout.annotations
+    assert [m.x for m in marks] == [1]                                           # only step 1 resampled
+    assert len(weights_figure(events).data) == 1 and list(heat.y) == [0, 1, 2, 3]   # no phantom slot
 
 
 def test_ess_against_half_n_with_temperature():
@@ -66,8 +68,11 @@ def test_ess_against_half_n_with_temperature():
     ess, half, temperature = fig.data
     assert list(ess.y) == [3.33, 2.9] and list(half.y) == [2, 2] and half.line.dash == "dash"
     assert list(temperature.y) == [1.0, 0.5] and temperature.yaxis == "y2"
-    untempered = [e for e in particle_run() if not (isinstance(e, PopulationEvent) and e.step == 2)]
+    untempered = [dataclasses.replace(e, temperature=1.0) if isinstance(e, PopulationEvent) else e
+                  for e in particle_run()]
     assert len(ess_figure(untempered).data) == 2                                 # no temperature axis
+    one_step = [e for e in particle_run() if not (isinstance(e, PopulationEvent) and e.step == 2)]
+    assert ess_figure(one_step) is None and weights_figure(one_step) is None   # one scoring: the cards say it
 
 
 def test_ancestry_has_one_node_per_lane_and_edges_to_parents():
@@ -111,7 +116,7 @@ def test_absent_without_lane_events():
     assert lanes_html(plain) == "" and "dp-lane" not in render(plain).text_html
     one_lane = [LaneEvent("spawn", 0, 0), tok(0, 0, "a"), LaneEvent("finish", 0, 0, reason="eos")]
     assert race_figure(one_lane) is None and votes_figure(one_lane) is None and weights_figure(one_lane) is None
-    assert ancestry_figure(one_lane) is not None and "lane 0" in lanes_html(one_lane)
+    assert ancestry_figure(one_lane) is None and "lane 0" in lanes_html(one_lane)   # no copies: no family tree
 
 
 def test_tree_panel_stays_out_of_lane_runs_and_draws_a_star_steps():
@@ -153,11 +158,28 @@ def test_saved_run_renders_the_same():
 
 
 def test_one_step_ancestry_shows_each_lane_by_its_length():
-    """Samples side by side (one step, no copies): the ancestry's x is each lane's length in tokens."""
-    events = [LaneEvent("spawn", 0, 0), LaneEvent("spawn", 1, 0)]
+    """Samples forked side by side in one step (adaptive sampling forks each sample from the prompt's row):
+    the ancestry's x is each lane's length in tokens."""
+    events = [LaneEvent("spawn", 0, 0), LaneEvent("spawn", 1, 0, parent=0)]
     events += [tok(0, i, "a") for i in range(3)] + [tok(1, i, "b") for i in range(5)]
     events += [LaneEvent("finish", 0, 0, reason="eos"), LaneEvent("prune", 1, 0, reason="another lane finished first"),
                LaneEvent("chosen", 0, 0)]
     fig = ancestry_figure(events)
     ends = {int(lane): x for t in fig.data if t.mode == "markers+text" for lane, x in zip(t.text, t.x)}
     assert ends == {0: 3, 1: 5} and fig.layout.xaxis.title.text == "tokens"
+
+
+def test_fates_after_finishing_copying_and_the_end_of_the_run():
+    """Seen in a browser tour: copies of a finished particle were shown 'live', a finished particle later
+    resampled away only 'pruned', and lanes still 'live' after the run had ended."""
+    from playground.events import MetricsEvent
+
+    events = [LaneEvent("spawn", 0, 0), LaneEvent("spawn", 1, 0), tok(0, 0, "8"), tok(1, 0, "x"),
+              LaneEvent("finish", 0, 1, reason="eos"), LaneEvent("spawn", 2, 1, parent=0),
+              LaneEvent("prune", 0, 2, reason="resampled away")]
+    lanes = lane_views(events)
+    assert (lanes[2].fate, lanes[2].reason, lanes[2].text) == ("finished", "eos", "8")
+    assert (lanes[0].fate, lanes[0].reason) == ("pruned", "finished (eos), then resampled away")
+    assert lanes[1].fate == "live"
+    ended = lane_views(events + [MetricsEvent(1, 1.0, None, 1.0, 1, 1.0, 0, 0.0, None, "stopped")])
+    assert (ended[1].fate, ended[1].reason) == ("unfinished", "the run ended first")

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import plotly.graph_objects as go
 
-from playground.events import Event, LaneEvent, LaneTokenEvent, PopulationEvent
+from playground.events import Event, LaneEvent, LaneTokenEvent, MetricsEvent, PopulationEvent
 
 from .text import esc, plot_text, visible
 
-LAYOUT = dict(margin=dict(l=50, r=50, t=40, b=40), legend=dict(orientation="h", y=-0.2))
+LAYOUT = dict(margin=dict(l=50, r=50, t=40, b=90), legend=dict(orientation="h", y=-0.35))   # under the axis title
 FATE_COLOURS = {"live": "#1f77b4", "finished": "#ff7f0e", "pruned": "#7f7f7f", "dropped": "#c7c7c7",
-                "chosen": "#2ca02c"}
+                "unfinished": "#8c564b", "chosen": "#2ca02c"}
 HOVER_CHARS = 400           # a lane's text on hover: its last characters (the whole text is in the lane cards)
 
 
@@ -31,7 +31,7 @@ class LaneView:
     parent: int | None = None
     born: int = 0                 # the step it was spawned at
     last: int = 0                 # the last step it was seen at
-    fate: str = "live"            # live | finished | pruned | dropped
+    fate: str = "live"            # live | finished | pruned | dropped | unfinished (the run ended first)
     reason: str = ""
     reward: float | None = None
     weight: float | None = None
@@ -62,14 +62,19 @@ def lane_views(events: list[Event]) -> dict[int, LaneView]:
             if event.kind == "spawn" and fresh and event.parent in lanes:
                 parent = lanes[event.parent]
                 lane.text, lane.tokens = parent.text, parent.tokens
+                if parent.fate == "finished":                 # a copy of a finished lane is finished too
+                    lane.fate, lane.reason = parent.fate, parent.reason
             if event.parent is not None:
                 lane.parent = event.parent
             lane.text = event.text or lane.text
             lane.reward = event.reward if event.reward is not None else lane.reward
             lane.weight = event.weight if event.weight is not None else lane.weight
             lane.answer = event.answer or lane.answer
-            if event.kind in ("finish", "prune"):
-                lane.fate, lane.reason = ("finished" if event.kind == "finish" else "pruned"), event.reason
+            if event.kind == "finish":
+                lane.fate, lane.reason = "finished", event.reason
+            elif event.kind == "prune":
+                was = f"finished ({lane.reason}), then " if lane.fate == "finished" else ""
+                lane.fate, lane.reason = "pruned", was + event.reason
             lane.chosen |= event.kind == "chosen"
         elif isinstance(event, PopulationEvent):
             for i, lane_id in enumerate(event.lanes):
@@ -78,6 +83,10 @@ def lane_views(events: list[Event]) -> dict[int, LaneView]:
                 lane.reward = event.rewards[i] if i < len(event.rewards) else lane.reward
                 if event.survivors and lane_id not in event.survivors and lane.fate == "live":
                     lane.fate, lane.reason = "dropped", event.note
+        elif isinstance(event, MetricsEvent):                 # the run is over: nothing is still decoding
+            for lane in lanes.values():
+                if lane.fate == "live":
+                    lane.fate, lane.reason = "unfinished", "the run ended first"
     return lanes
 
 
@@ -99,7 +108,7 @@ def weights_figure(events: list[Event]) -> go.Figure | None:
     """Steps (x) by lane slots (y), colour = normalised weight; where the step resampled or pruned, a cell
     says how many copies of its lane were kept (x2; x0 = dropped; blank = kept once). Hover: lane id, reward, weight."""
     steps = _steps(events)
-    if not steps:
+    if len(steps) < 2:              # one scoring (best-of-N, a vote): the lane cards show each weight
         return None
     slots = max(len(p.lanes) for p in steps)
     z = [[None] * len(steps) for _ in range(slots)]
@@ -119,12 +128,10 @@ def weights_figure(events: list[Event]) -> go.Figure | None:
         hovertemplate="%{hovertext}<extra></extra>", colorscale="Blues", zmin=0,
         zmax=max((w for p in steps for w in p.weights), default=1) or 1,      # 16 lanes' weights are all small
         colorbar=dict(title="weight"), xgap=1, ygap=1))
-    resampled = [p for p in steps if p.survivors]
-    if resampled:
-        fig.add_trace(go.Scatter(x=[p.step for p in resampled], y=[slots - 0.5 + 0.3] * len(resampled), mode="markers",
-                                 marker=dict(symbol="triangle-down", size=11, color="#d62728"), name="resampled / pruned",
-                                 hovertext=[plot_text(p.note or "resampled") for p in resampled],
-                                 hovertemplate="%{hovertext}<extra></extra>"))
+    for p in steps:                 # above the plot: a marker inside would add a phantom lane slot
+        if p.survivors:
+            fig.add_annotation(x=p.step, y=1.0, yref="paper", yanchor="bottom", text="\u25bc", showarrow=False,
+                               font=dict(color="#d62728", size=14), hovertext=plot_text(p.note or "resampled"))
     fig.update_layout(title="Lane weights per step", xaxis_title="step", yaxis_title="lane slot",
                       height=max(260, min(700, 60 + 22 * slots)), **LAYOUT)
     fig.update_xaxes(type="category" if len(steps) < 2 else "linear", dtick=1)
@@ -136,7 +143,7 @@ def ess_figure(events: list[Event]) -> go.Figure | None:
     """ESS = 1 / sum(w^2) per step against N/2 (the usual resampling threshold); the annealing
     temperature on a second axis when any step tempered its weights."""
     steps = _steps(events)
-    if not steps:
+    if len(steps) < 2:              # one point says nothing about a population's health
         return None
     x = [p.step for p in steps]
     notes = [plot_text(p.note) for p in steps]
@@ -185,7 +192,7 @@ def ancestry_figure(events: list[Event]) -> go.Figure | None:
     to its length in tokens); an edge from its parent where it was copied; one marker per lane at its end,
     coloured by its fate; the chosen lane and its ancestors drawn thick."""
     lanes = lane_views(events)
-    if not lanes:
+    if not any(lane.parent is not None for lane in lanes.values()):   # no lane was copied: no family tree
         return None
     rows, line = _rows(lanes), _lineage(lanes)
     by_tokens = len({lane.born for lane in lanes.values()} | {lane.last for lane in lanes.values()}) == 1
@@ -233,15 +240,11 @@ def ancestry_figure(events: list[Event]) -> go.Figure | None:
 
 # --- votes ----------------------------------------------------------------------------------------
 def votes(events: list[Event]) -> tuple[Counter, str]:
-    """Each lane's latest scored answer (lanes pruned or dropped do not vote), and the chosen answer."""
+    """Each lane's latest answer (lanes pruned or dropped do not vote), and the chosen answer: the same
+    answers the lane cards show."""
     lanes = lane_views(events)
-    answers: dict[int, str] = {}
-    for event in events:
-        if isinstance(event, LaneEvent) and event.kind == "score" and event.answer:
-            answers[event.lane] = event.answer
-    counts = Counter(a for lane_id, a in answers.items() if lanes[lane_id].fate not in ("pruned", "dropped"))
-    chosen = next((e.answer or lanes[e.lane].answer for e in reversed(events)
-                   if isinstance(e, LaneEvent) and e.kind == "chosen"), "")
+    counts = Counter(lane.answer for lane in lanes.values() if lane.answer and lane.fate not in ("pruned", "dropped"))
+    chosen = next((lane.answer for lane in lanes.values() if lane.chosen), "")
     return counts, chosen
 
 
@@ -256,7 +259,10 @@ def votes_figure(events: list[Event]) -> go.Figure | None:
         x=[plot_text(visible(a)) for a in answers], y=[counts[a] for a in answers], textposition="none",
         marker_color=["#2ca02c" if a == winner else "#9ecae1" for a in answers],
         hovertemplate="answer %{x}<br>%{y} votes<extra></extra>"))
-    title = f"Answers: {counts[winner]} of {total} agree ({counts[winner] / total:.0%})"
+    majority, top = counts.most_common(1)[0]
+    title = f"Answers: most votes {plot_text(visible(majority))} ({top} of {total}, {top / total:.0%})"
+    if winner != majority:
+        title += f"; chosen {plot_text(visible(winner))} ({counts[winner]})"
     fig.update_layout(title=title, xaxis_title="extracted answer", yaxis_title="lanes", height=280,
                       xaxis_type="category", **LAYOUT)
     return fig
@@ -322,9 +328,9 @@ def lanes_html(events: list[Event]) -> str:
             head.append(f"\u2190 {lane.parent}")
         head.append(fate + (f" ({lane.reason})" if lane.reason else ""))
         if lane.reward is not None:
-            head.append(f"r {lane.reward:.3g}")
+            head.append(f"r {lane.reward:.3f}")
         if lane.weight is not None:
-            head.append(f"w {lane.weight:.3g}")
+            head.append(f"w {lane.weight:.3f}")
         if lane.answer:
             head.append(f"answer {visible(lane.answer)}")
         head.append(f"{lane.tokens} tok")

@@ -67,19 +67,31 @@ def entropic_temperature(ess_value: float, n: int, step: int, max_steps: int, th
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+# Where an answer is announced: "#### 8", "answer is 8", "Answer: 8", "= 8" (the last such wins).
+ANNOUNCED = re.compile(r"(?:####|answer(?:\s+is)?\s*[:=]?|=)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+# Numbers that only count things off: "Step 2", "2." or "2)" opening a line.
+ENUMERATION = re.compile(r"(?:step\s+-?\d+|^\s*\d+[.)](?!\d))", re.IGNORECASE | re.MULTILINE)
+
+
+def _number(text: str) -> str:
+    number = text.replace(",", "")
+    return number[:-2] if number.endswith(".0") else number
 
 
 def extract_answer(text: str) -> str:
-    """The final answer in a text: the content of the last \\boxed{...}, else the last number (commas
-    dropped, a trailing .0 dropped); "" when there is none."""
+    """The final answer in a text: the content of the last \\boxed{...}; else the last announced number
+    ("#### 8", "the answer is 8", "Answer: 8", "= 8"); else the last number that does not just count things
+    off ("Step 2", a "2." opening a line); "" when there is none."""
     boxed = BOXED.findall(text)
     if boxed:
         return boxed[-1].strip()
-    numbers = NUMBER.findall(text)
-    if not numbers:
-        return ""
-    number = numbers[-1].replace(",", "")
-    return number[:-2] if number.endswith(".0") else number
+    announced = ANNOUNCED.findall(text)
+    if announced:
+        return _number(announced[-1])
+    counted = {m.end() for m in ENUMERATION.finditer(text)}
+    numbers = [m for m in NUMBER.finditer(text)
+               if m.end() not in counted and m.end() + 1 not in counted]
+    return _number(numbers[-1].group()) if numbers else ""
 
 
 def vote(answers: list[str], weights: list[float] | None = None) -> tuple[str, dict[str, float]]:
