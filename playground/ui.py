@@ -35,7 +35,8 @@ def _param_component(param: Param):
     if param.kind == "bool":
         return gr.Checkbox(value=param.default, label=label, info=info)
     if param.kind == "text":
-        return gr.Textbox(value=param.default, label=label, info=info, lines=2, max_length=int(param.high or 0) or None)
+        # no max_length: the browser would cut the text silently; the server refuses it with a message
+        return gr.Textbox(value=param.default, label=label, info=info, lines=2)
     if param.kind == "choice":
         return gr.Radio(list(param.choices), value=param.default, label=label, info=info)
     if param.low is not None and param.high is not None:

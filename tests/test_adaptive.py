@@ -65,8 +65,10 @@ def test_threshold_one_draws_every_sample_and_returns_the_best(tiny_model, tiny_
     assert chosen.lane == best.lane and "".join(e.text for e in events if isinstance(e, TokenEvent)) == best.text
     population = [e for e in events if isinstance(e, PopulationEvent)][-1]
     assert population.rewards == [s.reward for s in scores] and abs(sum(population.weights) - 1) < 1e-12
-    assert [p.temperature for p in events if isinstance(p, PopulationEvent)] == pytest.approx(
-        temperatures(0.4, 0.8, 4))
+    assert all(p.temperature == 1.0 for p in events if isinstance(p, PopulationEvent))   # weights untempered
+    assert [p.note.split("temperature ")[-1] for p in events if isinstance(p, PopulationEvent)] == [
+        f"{t:.2f}" for t in temperatures(0.4, 0.8, 4)]                  # the sampling schedule, in words
+    assert session.lanes_started == 4                                   # samples: the bare prompt row is not one
 
 
 def test_a_sample_score_is_p_no_of_a_fresh_forward(tiny_model, tiny_tokenizer, one_thread):

@@ -18,6 +18,8 @@ PROMPT_IDS_SHOWN = 4         # the first and last few ids in the summary line
 def _fmt(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2:
+        return f"{int(value):,}"            # a count reported as a float (a method's stats): 4, not 4.000
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
     return f"{value:,}"

@@ -118,6 +118,7 @@ class Adaptive(Strategy):
         """Samples one at a time. Row 0 stays the bare prompt: each new sample forks it (no second prompt
         pass), grows to its end, is scored, and is freed."""
         lanes = Lanes(s, 1)
+        s.lanes_started -= 1                              # the bare prompt row is not a sample
         schedule = temperatures(self.p["first_temperature"], self.p["temperature"], self.p["max_samples"])
         done: list[Lane] = []
         current: Lane | None = None
@@ -156,7 +157,7 @@ class Adaptive(Strategy):
         scores = [d.data["score"] for d in done]
         weights = normalised(scores)
         yield PopulationEvent(step=step, lanes=[d.id for d in done], rewards=scores, weights=weights,
-                              ess=ess(weights), temperature=temperature, finished=[True] * len(done),
+                              ess=ess(weights), finished=[True] * len(done),   # weights untempered
                               note=f"{UNCALIBRATED}; sample {step + 1} at temperature {temperature:.2f}")
 
     # --- early pruning --------------------------------------------------------------------------------

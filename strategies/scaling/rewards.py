@@ -76,7 +76,8 @@ class Checker(Reward):
     (the last \\boxed{} or number) against the reference answer. An outcome reward: it scores final answers
     only, and is neutral before."""
 
-    name, label = "checker", "1 if the final answer equals the reference answer, else 0 (final answers only)"
+    name, label = "checker", ("1 if the final answer equals the reference answer, else 0; 0.5 (neutral) while the answer is "
+                             "not final")
 
     def __init__(self, values: dict):
         super().__init__(values)
