@@ -1,0 +1,191 @@
+"""Exact extract: the search returns exactly the best spans that scoring every span with fresh full
+forwards finds (tiny float64 model, in token space), pruning never changes them, the embedded model's
+answer is a substring of the passage equal to the brute-force best, and bad input is refused in words."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from playground.decoding import DecodeSession
+from playground.events import ExtractEvent, StatsEvent, TokenEvent
+from strategies import get_strategy
+from strategies.base import InvalidParameter
+from strategies.single_pass.exact_extract import MAX_PASSAGE_CHARS, ExactExtract, Start, build_starts, search_spans
+from visualizers import render
+
+EOS = 1
+
+
+def token_starts(passage: list[int], max_span: int) -> list[Start]:
+    """Every start of a passage given as token ids (the tiny tokenizer has no text to map)."""
+    out = []
+    for i in range(len(passage)):
+        chain = passage[i:i + max_span]
+        out.append(Start(i, chain, list(range(1, len(chain) + 1)), list(range(1, len(chain) + 1))))
+    return out
+
+
+def full_logp(model, ids: list[int]) -> torch.Tensor:
+    """Log-probs after every prefix of ids, from one fresh forward with no cache."""
+    with torch.inference_mode():
+        return torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), -1)
+
+
+def after_prompt_logp(model, prompt: list[int], chain: list[int], cache) -> torch.Tensor:
+    """full_logp's rows from the prompt's last position on, reading only the chain over a copy of a
+    prompt cache filled by transformers itself (the embedded model: a full pass per start is too slow)."""
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([chain]), cache=copy.deepcopy(cache), use_cache=True)
+    return torch.log_softmax(torch.cat([cache.last_logits, out.logits[0]]).double(), -1)
+
+
+def brute_force(model, prompt: list[int], starts: list[Start], eos: list[int], share_prompt=False) -> dict[tuple, float]:
+    """Score of every distinct span, each start's chain read by a fresh forward of prompt + chain."""
+    scores: dict[tuple, float] = {}
+    cache = None
+    if share_prompt:
+        cache = DynamicCache(config=model.config)
+        with torch.inference_mode():
+            cache.last_logits = model(input_ids=torch.tensor([prompt]), cache=cache,
+                                      use_cache=True).logits[0, -1:]
+    for s in starts:
+        if share_prompt:
+            logp = after_prompt_logp(model, prompt, s.chain, cache)
+            logp = torch.cat([logp.new_zeros(len(prompt) - 1, logp.shape[1]), logp])   # rows as full_logp's
+        else:
+            logp = full_logp(model, prompt + s.chain)
+        for end in s.ends:
+            tokens = s.chain[:end]
+            span = sum(float(logp[len(prompt) - 1 + t, tok]) for t, tok in enumerate(tokens))
+            finish = float(torch.logsumexp(logp[len(prompt) - 1 + end, eos], -1))
+            scores.setdefault(tuple(tokens), span + finish)
+    return scores
+
+
+def run_search(model, tokenizer, prompt, starts, top, batch, prune):
+    session = DecodeSession(model, tokenizer, prompt, 16, {EOS}, 0)
+    cache = session.new_cache()
+    first = session.prefill(cache)
+    result = None
+    for result in search_spans(session, cache, first, starts, [EOS], top=top, batch=batch, prune=prune):
+        pass
+    return result, session
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_search_equals_brute_force_on_tiny_model(tiny_model, tiny_tokenizer, one_thread, seed):
+    rng = random.Random(seed)
+    prompt = [rng.randrange(2, 96) for _ in range(7)]
+    passage = [rng.randrange(2, 96) for _ in range(14)]
+    starts = token_starts(passage, 5)
+    truth = brute_force(tiny_model, prompt, starts, [EOS])
+    best = sorted(truth.items(), key=lambda kv: -kv[1])
+    result, _ = run_search(tiny_model, tiny_tokenizer, prompt, starts, top=5, batch=4, prune=True)
+    got = [(tuple(starts[f.start].chain[:f.end]), f.score) for f in result.ranked]
+    assert [g[0] for g in got] == [b[0] for b in best[:5]]
+    for (_, ours), (_, theirs) in zip(got, best):
+        assert ours == pytest.approx(theirs, abs=1e-9)
+    assert all(f.span_logprob + f.end_logprob == pytest.approx(f.score) for f in result.ranked)
+
+
+def test_pruning_never_changes_the_answer(tiny_model, tiny_tokenizer, one_thread):
+    rng = random.Random(7)
+    pruned_somewhere = 0
+    for trial in range(4):
+        prompt = [rng.randrange(2, 96) for _ in range(6)]
+        passage = [rng.randrange(2, 96) for _ in range(30)]
+        starts = token_starts(passage, 4)
+        for top in (1, 3):
+            on, s_on = run_search(tiny_model, tiny_tokenizer, prompt, starts, top=top, batch=2, prune=True)
+            off, s_off = run_search(tiny_model, tiny_tokenizer, prompt, starts, top=top, batch=2, prune=False)
+            assert [(f.start, f.end, f.score) for f in on.ranked] == [(f.start, f.end, f.score) for f in off.ranked]
+            assert off.pruned == 0 and off.starts_scored == len(starts)
+            assert on.starts_scored + on.pruned == len(starts)
+            assert s_on.forward_passes == 1 + on.passes <= s_off.forward_passes == 1 + off.passes   # counted
+            pruned_somewhere += on.pruned
+    assert pruned_somewhere > 0          # the bound did cut work somewhere, yet never the answer
+
+
+PASSAGE = "Marie Curie was born in Warsaw, Poland."
+
+
+@pytest.fixture(scope="module")
+def embedded_run(embedded, one_thread):
+    tokenizer = embedded.tokenizer
+    session = DecodeSession(embedded.model, tokenizer, embedded.encode_prompt("hi", chat=True), 32,
+                            {tokenizer.eos_token_id}, 0)
+    method = ExactExtract(passage=PASSAGE, question="Where was Marie Curie born?", max_span=3, free_tokens=4)
+    events = list(method.decode(session))
+    return session, events
+
+
+def test_embedded_answer_is_the_brute_force_best_substring(embedded, embedded_run, one_thread):
+    session, events = embedded_run
+    extract = [e for e in events if isinstance(e, ExtractEvent)][-1]
+    assert extract.done and extract.spans and extract.chosen == 0
+    answer = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    span = extract.spans[0]
+    assert answer == span["text"] == PASSAGE[span["start_char"]:span["end_char"]]
+    assert answer and answer in PASSAGE
+    # Brute force: every span of the same passage, fresh full forwards over the method's own prompt.
+    starts, _, _ = build_starts(embedded.tokenizer, PASSAGE, 3)
+    truth = brute_force(embedded.model, session.prompt_ids, starts, [embedded.tokenizer.eos_token_id], share_prompt=True)
+    best_tokens, best_score = max(truth.items(), key=lambda kv: kv[1])
+    assert embedded.tokenizer.decode(list(best_tokens)) == answer
+    assert span["logprob"] == pytest.approx(best_score, abs=1e-3)
+    assert extract.free_answer                 # greedy's own answer is there to compare
+    stats = [e for e in events if isinstance(e, StatsEvent)][-1].values
+    assert stats["spans scored"] == extract.spans_scored > 0
+
+
+def test_view_marks_the_span_and_escapes(embedded_run):
+    _, events = embedded_run
+    extract = [e for e in events if isinstance(e, ExtractEvent)][-1]
+    rendered = render(events)
+    assert f'<mark class="dp-extract-chosen"' in rendered.text_html
+    assert rendered.figures["extract_spans"] is not None
+    hostile = ExtractEvent(passage="<img src=x onerror=alert(1)> is here", question="<b>q</b>",
+                           spans=[{"start_char": 0, "end_char": 28, "text": "<img src=x onerror=alert(1)>",
+                                   "logprob": -1.0, "end_logprob": -0.5, "rank": 1, "tokens": 3}],
+                           free_answer="<script>x</script>")
+    html = render([hostile]).text_html
+    assert "<img" not in html and "<script>" not in html and "<b>q" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;</mark>" in html
+    assert render([extract]).figures["extract_spans"] is not None
+
+
+def test_bad_input_is_refused_in_words(embedded, tiny_model, tiny_tokenizer, one_thread):
+    assert get_strategy("exact_extract") is ExactExtract
+    with pytest.raises(InvalidParameter, match="both a passage and a question"):
+        ExactExtract(passage="Some text.", question="")
+    with pytest.raises(InvalidParameter, match="limit is 4,000"):
+        ExactExtract(passage="x" * (MAX_PASSAGE_CHARS + 1), question="q?")
+    with pytest.raises(InvalidParameter, match="the passage is empty"):
+        build_starts(embedded.tokenizer, "", 4)
+    with pytest.raises(InvalidParameter, match="no span"):
+        build_starts(embedded.tokenizer, "  \n ", 4)
+    session = DecodeSession(embedded.model, embedded.tokenizer, embedded.encode_prompt("Tell me a joke.", chat=True),
+                            8, {embedded.tokenizer.eos_token_id}, 0)
+    with pytest.raises(InvalidParameter, match="Passage: ... Question: ..."):
+        list(ExactExtract().decode(session))
+    session = DecodeSession(tiny_model, tiny_tokenizer, [5, 6], 8, set(), 0)
+    with pytest.raises(InvalidParameter, match="end-of-answer"):
+        list(search_spans(session, session.new_cache(), torch.zeros(96), token_starts([3, 4], 2), []))
+
+
+def test_prompt_is_parsed_when_the_fields_are_empty(embedded, one_thread):
+    tokenizer = embedded.tokenizer
+    prompt = "Passage: The tower was finished in 1889.\nQuestion: When was it finished?"
+    ids = embedded.encode_prompt(prompt, chat=True)
+    session = DecodeSession(embedded.model, tokenizer, ids, 16, {tokenizer.eos_token_id}, 0)
+    events = list(ExactExtract(max_span=2, free_tokens=2, top=3).decode(session))
+    extract = [e for e in events if isinstance(e, ExtractEvent)][-1]
+    assert extract.source == "prompt" and session.prompt_ids == ids        # the prompt went in as it was
+    assert extract.passage == "The tower was finished in 1889."
+    assert extract.question == "When was it finished?"
+    assert all(s["text"] in extract.passage for s in extract.spans)
