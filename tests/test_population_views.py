@@ -128,7 +128,10 @@ def test_tree_panel_stays_out_of_lane_runs_and_draws_a_star_steps():
     assert "<img" not in json.dumps(fig.to_plotly_json(), default=str)
     chosen = next(t for t in fig.data if t.name == "chosen")
     assert chosen.customdata[-1][0].count("<br>") == 1                      # a long step wraps on hover
-    assert chosen.customdata[-1][3] == "f=0.9 g=0.6 h=0.3"
+    assert chosen.customdata[-1][2] == "f=0.9 g=0.6 h=0.3" and chosen.customdata[-1][3] == ""   # no logprob: no line
+    search_root = TreeNode(0, None, -1, "(prompt)", 0.5, status="kept", label="f=0.5 g=0 h=0.5")
+    fig = render([TreeEvent(1, [search_root, nodes[1]], chosen=1)]).figures["tree"]
+    assert "prompt" not in [t.name for t in fig.data]         # the search's own root is the prompt: one root
 
 
 def test_lanes_html_shows_every_lane_escaped():

@@ -15,7 +15,7 @@ from playground.events import Event, TreeEvent, TreeNode
 from .text import plot_text, visible
 
 STATUS_COLOURS = {
-    "kept": "#1f77b4", "open": "#1f77b4", "pruned": "#c7c7c7", "finished": "#ff7f0e", "chosen": "#2ca02c",
+    "kept": "#1f77b4", "open": "#aec7e8", "pruned": "#c7c7c7", "finished": "#ff7f0e", "chosen": "#2ca02c",
     "accepted": "#2ca02c", "rejected": "#d62728", "bonus": "#9467bd",
 }
 MAX_NODES = 1500  # beyond this the drawing is unreadable anyway; keep the newest nodes
@@ -67,6 +67,10 @@ def wrapped(text: str, width: int = 80) -> str:
     return "<br>".join(plot_text(text[i:i + width]) for i in range(0, len(text), width)) or plot_text(text)
 
 
+def hover_logprob(node: TreeNode) -> str:
+    return "" if node.logprob is None else f"<br>logprob {node.logprob:.3f}"
+
+
 def tree_figure(events: list[Event]) -> go.Figure | None:
     nodes, chosen, title = current_tree(events)
     if not nodes:
@@ -74,10 +78,14 @@ def tree_figure(events: list[Event]) -> go.Figure | None:
     if len(nodes) > MAX_NODES:
         keep = sorted(nodes)[-MAX_NODES:]
         nodes = {i: nodes[i] for i in keep}
+    # The prompt is the root: a search's own root node (no token) stands for it, else one is added.
+    own = [n.id for n in nodes.values() if n.parent is None and n.token_id < 0]
+    root = own[0] if len(own) == 1 else -1
     graph = nx.DiGraph()
-    graph.add_node(-1)                                  # the prompt
+    graph.add_node(root)
     for node in nodes.values():
-        graph.add_edge(node.parent if node.parent in nodes else -1, node.id)
+        if node.id != root:
+            graph.add_edge(node.parent if node.parent in nodes else root, node.id)
     pos = tidy_layout(graph)
     on_path = set(nx.ancestors(graph, chosen)) | {chosen} if chosen in graph else set()
 
@@ -97,15 +105,16 @@ def tree_figure(events: list[Event]) -> go.Figure | None:
             x=[pos[n.id][0] for n in group], y=[pos[n.id][1] for n in group], mode="markers+text", name=status,
             text=[plot_text(visible(n.text)[:12]) for n in group], textposition="middle right",
             marker=dict(size=10, color=STATUS_COLOURS.get(status, "#7f7f7f"), line=dict(width=1, color="#333")),
-            customdata=[[wrapped(repr(visible(n.text))), n.score, n.logprob if n.logprob is not None else float("nan"),
-                         plot_text(n.label)] for n in group],
-            hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.3f}<br>logprob %{customdata[2]:.3f}"
-                          "<br>%{customdata[3]}<extra></extra>",
+            customdata=[[wrapped(visible(n.text)), n.score, plot_text(n.label), hover_logprob(n)] for n in group],
+            hovertemplate="%{customdata[0]}<br>score %{customdata[1]:.3f}%{customdata[3]}<br>%{customdata[2]}"
+                          "<extra></extra>",
         ))
-    fig.add_trace(go.Scatter(x=[pos[-1][0]], y=[pos[-1][1]], mode="markers+text", text=["prompt"],
-                             textposition="middle left", marker=dict(size=12, color="#333"), name="prompt",
-                             hoverinfo="skip"))
+    if root == -1:
+        fig.add_trace(go.Scatter(x=[pos[-1][0]], y=[pos[-1][1]], mode="markers+text", text=["prompt"],
+                                 textposition="middle left", marker=dict(size=12, color="#333"), name="prompt",
+                                 hoverinfo="skip"))
+    depth = max(x for x, _ in pos.values())
     fig.update_layout(title=plot_text(title or "Tree"), height=max(300, min(900, 18 * len(pos) ** 0.8)),
-                      margin=dict(l=40, r=40, t=40, b=30), xaxis=dict(title="depth", dtick=1),
-                      yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.1))
+                      margin=dict(l=40, r=40, t=40, b=80), xaxis=dict(title="depth", dtick=1, range=[-0.9, depth + 1.2]),
+                      yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.25))   # room for labels, legend under the axis
     return fig
