@@ -459,3 +459,100 @@ def test_adadec_draws_its_entropy_trace_and_pauses_live(server, page, clean_serv
     m = metrics_table(page)
     assert m["method"] == "adadec" and 1 <= int(number(m["new tokens"])) <= 20
     assert page.dialogs == []
+
+
+def test_superposed_draws_its_drafts_weights_and_candidates_live(server, page, clean_server_log):
+    """A user picks superposed decoding, turns the n-gram filter off (to watch the drafts collapse) and
+    presses Generate: the drafts side by side, the superposition weights and the candidate table draw
+    WHILE the run streams, before any answer token (the best draft is committed at the end)."""
+    page.goto(server)
+    set_prompt(page, "The history of the city begins")
+    pick_method(page, "superposed")
+    toggle = page.get_by_role("checkbox", name="ngram", exact=True).filter(visible=True)
+    expect(toggle).to_have_count(1)
+    expect(toggle).to_be_checked()
+    toggle.uncheck()
+    set_max_tokens(page, 24)
+    expect(page.get_by_role("spinbutton", name="max new tokens")).to_have_value("24")
+    page.click("#generate button, button#generate")
+
+    keys = ("superposed_drafts", "superposed_weights", "superposed_candidates")
+    seen_while_streaming = set()
+    while "stopped by" not in (page.locator("#metrics").inner_text() or ""):
+        if page.locator("#output .dp-tok").count() == 0:
+            for key in keys:
+                if page.locator(f"#plot-{key} .js-plotly-plot").is_visible():
+                    seen_while_streaming.add(key)
+        time.sleep(0.2)
+    assert seen_while_streaming == set(keys), seen_while_streaming
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+    expect_panels(page, drawn=keys, hidden=("tree", "weights", "acceptance"))
+    expect(page.locator("#plot-superposed_drafts")).to_contain_text("n-gram off")
+    expect(page.locator("#plot-superposed_candidates")).to_contain_text("kept")
+    assert "".join(shown_tokens(page)).strip(), "no answer committed"
+    m = metrics_table(page)
+    assert m["method"] == "superposed" and m["stopped by"] in ("eos", "length"), m
+    assert int(number(m["target forward passes"])) == int(number(m["new tokens"]))   # one pass per step
+    assert page.dialogs == []
+
+
+def test_momentum_draws_its_token_graph_live(server, page, clean_server_log):
+    """A user picks momentum decoding with its defaults and presses Generate: the token graph, the
+    p-vs-resisted-score bars and the label trace draw WHILE the run streams (before the metrics table),
+    and the metrics end with the repetition measure rep-n."""
+    page.goto(server)
+    set_prompt(page, "List the days of the week, again and again:")
+    pick_method(page, "momentum")
+    set_max_tokens(page, 24)
+    expect(page.get_by_role("spinbutton", name="max new tokens")).to_have_value("24")
+    page.click("#generate button, button#generate")
+    seen_while_streaming = set()
+    while "stopped by" not in (page.locator("#metrics").inner_text() or ""):
+        for key in ("momentum_graph", "momentum_bars", "momentum_labels"):
+            if page.locator(f"#plot-{key} .js-plotly-plot").is_visible():
+                seen_while_streaming.add(key)
+        time.sleep(0.2)
+    assert seen_while_streaming == {"momentum_graph", "momentum_bars", "momentum_labels"}, (
+        seen_while_streaming, page.locator("#metrics").inner_text(), page.locator("#output").inner_text()[:500])
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+    expect_panels(page, drawn=("momentum_graph", "momentum_bars", "momentum_labels"), hidden=("tree", "weights"))
+    expect(page.locator("#plot-momentum_graph")).to_contain_text("Token graph")
+    m = metrics_table(page)
+    assert m["method"] == "momentum" and 0 <= number(m["rep-2"]) <= 1, m
+    assert 1 <= int(number(m["new tokens"])) <= 24
+    assert page.dialogs == []
+
+
+def test_exact_extract_marks_the_span_and_ranks_the_spans(server, page, clean_server_log):
+    """A user leaves exact extract's passage and question fields empty and writes 'Passage: ...
+    Question: ...' as the prompt: the passage is shown with the chosen span marked while the search
+    runs (before the answer is committed), the ranked spans and greedy's free answer beside it, and
+    the top-spans bar chart; the committed answer is that span, a piece of the passage."""
+    passage = "The Eiffel Tower was finished in 1889 for the World's Fair."
+    page.goto(server)
+    set_prompt(page, f"Passage: {passage}\nQuestion: When was the tower finished?")
+    pick_method(page, "exact_extract")
+    set_param(page, "max_span", 4)
+    set_param(page, "batch", 2)                      # several batched passes: the view updates as it searches
+    set_param(page, "free_tokens", 6)
+    set_max_tokens(page, 8)
+    expect(page.get_by_role("spinbutton", name="max new tokens")).to_have_value("8")
+    page.click("#generate button, button#generate")
+    marked_while_searching = False
+    while "stopped by" not in (page.locator("#metrics").inner_text() or ""):
+        if page.locator("#output .dp-tok").count() == 0 and page.locator("#output mark.dp-extract-chosen").count():
+            marked_while_searching = True
+        time.sleep(0.1)
+    assert marked_while_searching
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+    view = page.locator("#output .dp-extract")
+    expect(view).to_contain_text("best span (exact)")
+    expect(view).to_contain_text("Greedy's free answer")
+    chosen = page.locator("#output mark.dp-extract-chosen").inner_text()
+    assert chosen and chosen in passage
+    expect(page.locator("#output .dp-extract-passage")).to_have_text(passage)
+    assert page.locator("#output table.dp-extract-spans tr").count() == 1 + 10      # header + the top 10
+    assert "".join(shown_tokens(page)) == chosen                                     # the answer is the span
+    expect_panels(page, drawn=("extract_spans",), hidden=("tree", "weights"))
+    expect(page.locator("#plot-extract_spans")).to_contain_text("Top spans")
+    assert page.dialogs == []
