@@ -191,8 +191,8 @@ class Momentum(Strategy):
             if ids[0] != greedy:                   # a tie topk ordered differently: greedy goes first
                 ids.remove(greedy) if greedy in ids else ids.pop()
                 ids.insert(0, greedy)
-            logz = torch.logsumexp(logits.double(), -1)
-            probs = (logits.double()[ids] - logz).exp().tolist()
+            logz = torch.logsumexp(logits, -1)    # the logits' own dtype: a float64 exp over the vocabulary is slow
+            probs = (logits[ids].double() - float(logz)).exp().tolist()
             lengths = [graph.repetition_length(c) for c in ids]
             index, penalties, scores, blocked = choose(probs, lengths, table, alpha)
             token = ids[index]
@@ -209,7 +209,7 @@ class Momentum(Strategy):
                 extra["blocked"] = 1.0
             else:
                 extra["penalty"] = penalties[index]
-            yield s.commit(token, logits, extra=extra)
+            # the step's view first: the UI draws at the first token, and the graph should be there
             yield MomentumStepEvent(
                 step=step,
                 candidates=[{"token_id": c, "text": s.token_text(c), "p": p, "l": l, "penalty": _finite(r),
@@ -217,6 +217,7 @@ class Momentum(Strategy):
                             for c, p, l, r, sc in zip(ids, probs, lengths, penalties, scores)],
                 chosen=index, label=label, source=source, target=token, new_node=new_node, edge_visits=visits,
                 blocked=blocked, prompt_nodes=prompt_nodes, prompt_edges=prompt_edges)
+            yield s.commit(token, logits, extra=extra)
             if blocked:
                 blocked_steps += 1
                 yield NoticeEvent("momentum-blocked",
