@@ -40,6 +40,11 @@ def test_no_resistance_is_greedy_and_generate(tiny_model, tiny_tokenizer, one_th
     ref = tiny_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
                               pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
     assert ours == greedy(tiny_model, tiny_tokenizer, prompt) == ref
+    plain = REGISTRY["greedy"]().decode(DecodeSession(tiny_model, tiny_tokenizer, prompt, 24, set(), 0))
+    described = [(e.logprob, e.entropy, [(a.token_id, a.prob) for a in e.alternatives]) for e in plain]
+    for (lp, h, alts), e in zip(described, [e for e in events if isinstance(e, TokenEvent)]):
+        assert e.logprob == pytest.approx(lp, abs=1e-12) and e.entropy == h           # the same description
+        assert [(a.token_id, a.prob) for a in e.alternatives] == alts
     assert session.forward_passes == len(ours)                 # one pass per token, like greedy
     assert not any(isinstance(e, NoticeEvent) for e in events)
     steps = [e for e in events if isinstance(e, MomentumStepEvent)]
@@ -104,7 +109,7 @@ def test_choice_rule():
 
 def test_invariants_on_real_runs(tiny_model, tiny_tokenizer, one_thread):
     for prompt in PROMPTS:
-        for params in ({}, {"alpha": 1.0, "k": 3, "n_max": 2}, {"resistance": "0,0,0,0,5"}):
+        for params in ({}, {"alpha": 1.0, "k": 3, "n_max": 2}, {"resistance": "0,0,0,0,5"}, {"k": 8}):
             ours, events, session = run(tiny_model, tiny_tokenizer, prompt, 30, **params)
             steps = [e for e in events if isinstance(e, MomentumStepEvent)]
             tokens = [e for e in events if isinstance(e, TokenEvent)]
@@ -178,3 +183,17 @@ def test_resistance_table_errors_are_clear(table, message):
 def test_resistance_table_parses_inf_and_spaces():
     assert parse_resistance("0, 1 inf") == (0.0, 1.0, math.inf)
     assert REGISTRY["momentum"]().table == (0, 1, 3, 4, 5, 5)
+
+
+def test_a_large_graph_keeps_the_newest_nodes():
+    from visualizers.momentum import MAX_GRAPH_NODES, momentum_graph_figure
+
+    n = MAX_GRAPH_NODES + 50
+    step = MomentumStepEvent(step=0, candidates=[{"token_id": n, "text": " new", "p": 0.5, "l": 0, "penalty": 0.0,
+                                                  "score": 0.5}],
+                             chosen=0, label=0, source=n - 1, target=n, new_node=True, edge_visits=1,
+                             prompt_nodes=[[i, f" t{i}"] for i in range(n)],
+                             prompt_edges=[[i, i + 1, 1] for i in range(n - 1)])
+    fig = momentum_graph_figure([step])
+    shown = [t for trace in fig.data if trace.mode == "markers+text" for t in trace.text]
+    assert len(shown) == MAX_GRAPH_NODES and " new" in shown and " t0" not in shown

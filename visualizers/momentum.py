@@ -52,7 +52,7 @@ def momentum_graph_figure(events: list[Event]) -> go.Figure | None:
         return None
     graph, texts, generated = token_graph(steps)
     if graph.number_of_nodes() > MAX_GRAPH_NODES:
-        keep = sorted(graph.nodes, key=lambda n: graph.nodes[n]["order"])[-MAX_GRAPH_NODES:]
+        keep = sorted(graph.nodes, key=lambda n: graph.nodes[n].get("order", 0))[-MAX_GRAPH_NODES:]
         graph = graph.subgraph(keep).copy()
     pos = nx.spring_layout(graph, seed=0, iterations=40)
     latest = steps[-1]

@@ -185,14 +185,20 @@ class Momentum(Strategy):
         logits = s.prefill(cache)
         while True:
             step = len(s.output_ids)
-            greedy = int(logits.argmax())
-            top = torch.topk(logits, min(k, logits.shape[-1]))
-            ids = top.indices.tolist()
-            if ids[0] != greedy:                   # a tie topk ordered differently: greedy goes first
-                ids.remove(greedy) if greedy in ids else ids.pop()
-                ids.insert(0, greedy)
-            logz = torch.logsumexp(logits, -1)    # the logits' own dtype: a float64 exp over the vocabulary is slow
-            probs = (logits[ids].double() - float(logz)).exp().tolist()
+            # The TokenEvent's own description already holds the top TOP_ALTERNATIVES tokens and their p (in
+            # float64): for k within it, read the candidates there and add no pass over the vocabulary.
+            described = s.describe(0, logits, step)
+            alts = described.alternatives
+            if k <= len(alts) and (len(alts) < 2 or alts[0].prob != alts[1].prob):
+                ids, probs = [a.token_id for a in alts[:k]], [a.prob for a in alts[:k]]
+            else:                                  # a wider top-k, or a tie at the top: greedy = argmax goes first
+                greedy = int(logits.argmax())
+                ids = torch.topk(logits, min(k, logits.shape[-1])).indices.tolist()
+                if ids[0] != greedy:
+                    ids.remove(greedy) if greedy in ids else ids.pop()
+                    ids.insert(0, greedy)
+                logz = torch.logsumexp(logits, -1)    # the logits' own dtype: a float64 exp over the vocabulary is slow
+                probs = (logits[ids].double() - float(logz)).exp().tolist()
             lengths = [graph.repetition_length(c) for c in ids]
             index, penalties, scores, blocked = choose(probs, lengths, table, alpha)
             token = ids[index]
@@ -217,7 +223,9 @@ class Momentum(Strategy):
                             for c, p, l, r, sc in zip(ids, probs, lengths, penalties, scores)],
                 chosen=index, label=label, source=source, target=token, new_node=new_node, edge_visits=visits,
                 blocked=blocked, prompt_nodes=prompt_nodes, prompt_edges=prompt_edges)
-            yield s.commit(token, logits, extra=extra)
+            logprob = math.log(probs[index]) if probs[index] > 0 else -745.0     # exp underflows below ~-745
+            described.token_id, described.logprob, described.extra = token, logprob, extra
+            yield s.emit(described)
             if blocked:
                 blocked_steps += 1
                 yield NoticeEvent("momentum-blocked",
