@@ -12,10 +12,11 @@ import torch
 from transformers import DynamicCache
 
 from conftest import build_tiny_llama
+from playground import lean_forward
 from playground.decoding import DecodeSession
 from playground.events import ExtractEvent, StatsEvent, TokenEvent
 from strategies import get_strategy
-from strategies.base import InvalidParameter
+from strategies.base import InvalidParameter, StopRun
 from strategies.single_pass.exact_extract import MAX_PASSAGE_CHARS, ExactExtract, Start, build_starts, search_spans
 from visualizers import render
 
@@ -38,10 +39,11 @@ def full_logp(model, ids: list[int]) -> torch.Tensor:
 
 
 def after_prompt_logp(model, prompt: list[int], chain: list[int], cache) -> torch.Tensor:
-    """full_logp's rows from the prompt's last position on, reading only the chain over a copy of a
-    prompt cache filled by transformers itself (the embedded model: a full pass per start is too slow)."""
+    """full_logp's rows from the prompt's last position on, reading only the chain over a copy of a prompt
+    cache (the embedded model: a full pass per start is too slow here), one start at a time, unbatched, by
+    the lean forward (tested equal to transformers' call in test_lean_forward.py; warm in this process)."""
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([chain]), cache=copy.deepcopy(cache), use_cache=True)
+        out = lean_forward.forward(model, torch.tensor([chain]), copy.deepcopy(cache))
     return torch.log_softmax(torch.cat([cache.last_logits, out.logits[0]]).double(), -1)
 
 
@@ -52,8 +54,7 @@ def brute_force(model, prompt: list[int], starts: list[Start], eos: list[int], s
     if share_prompt:
         cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            cache.last_logits = model(input_ids=torch.tensor([prompt]), cache=cache,
-                                      use_cache=True).logits[0, -1:]
+            cache.last_logits = lean_forward.forward(model, torch.tensor([prompt]), cache).logits[0, -1:]
     for s in starts:
         if share_prompt:
             logp = after_prompt_logp(model, prompt, s.chain, cache)
@@ -113,7 +114,7 @@ def test_pruning_never_changes_the_answer(tiny_tokenizer, one_thread):
     assert pruned_somewhere > 0          # the bound did cut work somewhere, yet never the answer
 
 
-PASSAGE = "Marie Curie was born in Warsaw, Poland."
+PASSAGE = "Curie was born in Warsaw."
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,7 @@ def embedded_run(embedded, one_thread):
     tokenizer = embedded.tokenizer
     session = DecodeSession(embedded.model, tokenizer, embedded.encode_prompt("hi", chat=True), 32,
                             {tokenizer.eos_token_id}, 0)
-    method = ExactExtract(passage=PASSAGE, question="Where was Marie Curie born?", max_span=3, free_tokens=4)
+    method = ExactExtract(passage=PASSAGE, question="Where was Curie born?", max_span=3, free_tokens=3)
     events = list(method.decode(session))
     return session, events
 
@@ -191,3 +192,22 @@ def test_prompt_is_parsed_when_the_fields_are_empty(embedded, one_thread):
     assert extract.passage == "The tower was finished in 1889."
     assert extract.question == "When was it finished?"
     assert all(s["text"] in extract.passage for s in extract.spans)
+
+
+def test_stop_during_the_search_commits_the_best_so_far(embedded, one_thread):
+    """Stop thrown in after the first batch: the best span found so far is committed, and the view says
+    the search did not finish."""
+    tokenizer = embedded.tokenizer
+    session = DecodeSession(embedded.model, tokenizer, embedded.encode_prompt("hi", chat=True), 16,
+                            {tokenizer.eos_token_id}, 0)
+    run = ExactExtract(passage=PASSAGE, question="Where?", max_span=2, batch=2, free_tokens=1, prune=False).decode(session)
+    events = [next(run)]
+    while not isinstance(events[-1], ExtractEvent):
+        events.append(next(run))
+    events.append(run.throw(StopRun()))
+    events.extend(run)
+    extract = [e for e in events if isinstance(e, ExtractEvent)][-1]
+    assert not extract.done and extract.starts_scored == 2 < extract.starts
+    answer = "".join(e.text for e in events if isinstance(e, TokenEvent))
+    assert answer == extract.spans[0]["text"] and answer in PASSAGE
+    assert "searching" in render(events).text_html

@@ -30,7 +30,7 @@ import torch
 
 from playground.events import ExtractEvent, NoticeEvent, StatsEvent
 
-from ..base import InvalidParameter, Param, Strategy
+from ..base import InvalidParameter, Param, StopRun, Strategy
 
 MAX_PASSAGE_CHARS = 4000
 MAX_QUESTION_CHARS = 500
@@ -289,9 +289,18 @@ class ExactExtract(Strategy):
 
         search = search_spans(s, cache, first, starts, eos_ids, self.p["top"], self.p["batch"], self.p["prune"])
         result = SearchResult(ranked=[])
-        for result in search:
-            yield event(result, False)
-        yield event(result, True)
+        stopped = False
+        try:
+            for result in search:
+                yield event(result, False)
+        except StopRun:                 # Stop: the best span found so far is committed, marked not exact
+            stopped = True
+        if not result.ranked:
+            return
+        yield event(result, not stopped)
+        if stopped:
+            yield NoticeEvent("extract_stopped", "Stopped during the search: the answer is the best span found so "
+                                                 "far, not necessarily the most probable one.")
         yield StatsEvent({"starts": len(starts), "starts scored": result.starts_scored,
                           "starts pruned": result.pruned, "spans scored": result.spans_scored,
                           "search passes": result.passes})
