@@ -82,7 +82,7 @@ def search_spans(session, cache, first_logits: torch.Tensor, starts: list[Start]
     untouched; `first_logits` (V,) are the logits after the prompt."""
     if not eos_ids:
         raise InvalidParameter("exact extract needs an end-of-answer token (this model names no EOS id)")
-    first_logp = torch.log_softmax(first_logits.double(), -1)
+    first_logp = torch.log_softmax(first_logits.double().cpu(), -1)
     bounds = [float(first_logp[s.chain[0]]) for s in starts]
     order = sorted(range(len(starts)), key=lambda i: (-bounds[i], i))
     best: dict[tuple[int, ...], Found] = {}
