@@ -42,10 +42,10 @@ def supports(model) -> bool:
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 
-def causal_mask(n: int, past: int, dtype: torch.dtype) -> torch.Tensor:
+def causal_mask(n: int, past: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """Additive (1, 1, n, past + n) mask: every new token sees the cache and the new tokens up to itself."""
-    mask = torch.zeros(n, past + n, dtype=dtype)
-    mask[:, past:] = torch.triu(torch.full((n, n), torch.finfo(dtype).min, dtype=dtype), 1)
+    mask = torch.zeros(n, past + n, dtype=dtype, device=device)
+    mask[:, past:] = torch.triu(torch.full((n, n), torch.finfo(dtype).min, dtype=dtype, device=device), 1)
     return mask[None, None]
 
 
@@ -62,7 +62,7 @@ def attention(layer_index: int, attn, x, cos, sin, cache, mask):
     # (a chain or a tree on top of the cache) comes with, or gets, an explicit additive mask.
     is_causal = mask is None and n > 1 and k.shape[2] == n
     if mask is None and n > 1 and not is_causal:
-        mask = causal_mask(n, k.shape[2] - n, q.dtype)
+        mask = causal_mask(n, k.shape[2] - n, q.dtype, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=attn.scaling,
                                          enable_gqa=k.shape[1] != q.shape[1])
     return attn.o_proj(out.transpose(1, 2).reshape(batch, n, -1))
@@ -83,11 +83,11 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
         batch, n = input_ids.shape
     past = cache.get_seq_length() if cache is not None else 0
     if position_ids is None:
-        position_ids = torch.arange(past, past + n)[None].expand(batch, n)
+        position_ids = torch.arange(past, past + n, device=input_ids.device)[None].expand(batch, n)
     x = inputs_embeds if inputs_embeds is not None else inner.embed_tokens(input_ids)
     cos, sin = inner.rotary_emb(x, position_ids)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype).masked_fill(~attention_mask,
+        attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device).masked_fill(~attention_mask,
                                                                                       torch.finfo(x.dtype).min)
     hidden = [x] if output_hidden_states else None
     for i, layer in enumerate(inner.layers):
