@@ -25,6 +25,7 @@ PROMPTS = PROMPT_SETS["open-ended"]
 # Methods that decode many sequences and pick one: their cost is N lanes, not tokens/s of one answer;
 # `bench --scaling` measures them (bench_scaling.py).
 SCALING = {name for name, cls in REGISTRY.items() if cls.many_sequences}
+NOT_TIMED = SCALING | {name for name, cls in REGISTRY.items() if not cls.free_text}   # e.g. span extraction
 
 
 # transformers' own speculative decoders, timed beside ours when the matching method is benched.
@@ -76,7 +77,7 @@ def top2_logit_gap(token: TokenEvent) -> float:
 
 def main(args) -> int:
     loaded = load_model(args.model, args.dtype)
-    methods = args.methods.split(",") if args.methods else [m for m in REGISTRY if m not in SCALING]
+    methods = args.methods.split(",") if args.methods else [m for m in REGISTRY if m not in NOT_TIMED]
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
         print(f"error: unknown method {unknown[0]!r}; available: {', '.join(REGISTRY)}", file=sys.stderr)

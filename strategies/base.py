@@ -73,6 +73,7 @@ class Strategy:
     lossless: ClassVar[bool] = False   # output equals plain greedy, token for token
     needs_draft: ClassVar[bool] = False  # uses a separate draft model (GenerationRequest.draft_model_id)
     many_sequences: ClassVar[bool] = False  # decodes many lanes and returns one (its cost is N lanes, not one answer)
+    free_text: ClassVar[bool] = True        # answers any prompt (False: needs input of its own, e.g. a passage)
     params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, **values: Any):

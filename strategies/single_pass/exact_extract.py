@@ -227,6 +227,7 @@ class ExactExtract(Strategy):
                "batched forwards on the shared prompt's cache. Greedy's free answer is shown beside it. "
                "Deviation: the answer's first token is its passage token without the leading space, re-tokenised.")
     paper = "https://arxiv.org/abs/2108.05857"
+    free_text = False
     params = (
         Param("passage", "text", "", high=MAX_PASSAGE_CHARS,
               help="The passage to extract from (at most 4,000 characters). Empty: taken from the prompt, "
