@@ -82,9 +82,9 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     else:
         batch, n = input_ids.shape
     past = cache.get_seq_length() if cache is not None else 0
-    if position_ids is None:
-        position_ids = torch.arange(past, past + n, device=input_ids.device)[None].expand(batch, n)
     x = inputs_embeds if inputs_embeds is not None else inner.embed_tokens(input_ids)
+    if position_ids is None:
+        position_ids = torch.arange(past, past + n, device=x.device)[None].expand(batch, n)
     cos, sin = inner.rotary_emb(x, position_ids)
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device).masked_fill(~attention_mask,

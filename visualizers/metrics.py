@@ -18,11 +18,16 @@ PROMPT_IDS_SHOWN = 4         # the first and last few ids in the summary line
 def _fmt(value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 2:
-        return f"{int(value):,}"            # a count reported as a float (a method's stats): 4, not 4.000
     if isinstance(value, float):
         return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.1f}"
     return f"{value:,}"
+
+
+def _fmt_stat(value) -> str:
+    """A method's own number: counts arrive as floats (StatsEvent values), shown whole (4, not 4.000)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 2:
+        return f"{int(value):,}"
+    return _fmt(value)
 
 
 LOSSLESS = {(True, False): "greedy is the reference", (False, True): "yes, for these parameters",
@@ -97,11 +102,11 @@ def metrics_rows(events: list[Event]) -> list[tuple[str, str]]:
         if metrics.draft_forward_passes:
             rows.append(("draft forward passes", _fmt(metrics.draft_forward_passes)))
         rows += lane_rows(metrics)
-        rows += [(k, _fmt(v)) for k, v in metrics.method.items()]
+        rows += [(k, _fmt_stat(v)) for k, v in metrics.method.items()]
     else:
         stats = [e for e in events if isinstance(e, StatsEvent)]
         if stats:
-            rows += [(k, _fmt(v)) for k, v in stats[-1].values.items()]
+            rows += [(k, _fmt_stat(v)) for k, v in stats[-1].values.items()]
     return rows
 
 
