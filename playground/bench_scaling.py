@@ -60,7 +60,7 @@ ACCURACY_CASES = [
 ]
 
 
-def accuracy_rows(loaded, max_new_tokens: int, tasks: int) -> list[dict]:
+def accuracy_rows(loaded, max_new_tokens: int, tasks: int, progress: bool = False) -> list[dict]:
     rows = []
     for label, name, params in ACCURACY_CASES:
         if name not in REGISTRY:
@@ -76,19 +76,19 @@ def accuracy_rows(loaded, max_new_tokens: int, tasks: int) -> list[dict]:
             text = "".join(e.text for e in events if isinstance(e, TokenEvent))
             right += extract_answer(text) == answer
         rows.append({"method": label, "right": right, "tasks": tasks, "seconds": seconds})
+        if progress:                                  # a long check: say each row as it is known
+            print(f"{label:<38}{right:>3} / {tasks} right  ({seconds:.0f} s)", flush=True)
     return rows
 
 
 def main(args, loaded) -> dict:
     torch.manual_seed(0)
-    report = {"cost": cost_rows(loaded, args.scaling_length, args.repeats),
-              "accuracy": accuracy_rows(loaded, args.max_new_tokens, args.tasks)}
+    report = {"cost": cost_rows(loaded, args.scaling_length, args.repeats)}
     if not args.json:
         print(f"\n[scaling cost: {args.scaling_length} tokens per lane, best of {args.repeats}]")
         for r in report["cost"]:
             print(f"{r['case']:<24}{r['seconds']:>8.2f} s{r['lane_tokens']:>7} lane tokens"
-                  f"{r['ratio_to_one_sample']:>8.2f}x one sample")
-        print(f"\n[accuracy: arithmetic task set, up to {args.max_new_tokens} new tokens]")
-        for r in report["accuracy"]:
-            print(f"{r['method']:<38}{r['right']:>3} / {r['tasks']} right  ({r['seconds']:.0f} s)")
+                  f"{r['ratio_to_one_sample']:>8.2f}x one sample", flush=True)
+        print(f"\n[accuracy: arithmetic task set, up to {args.max_new_tokens} new tokens]", flush=True)
+    report["accuracy"] = accuracy_rows(loaded, args.max_new_tokens, args.tasks, progress=not args.json)
     return report
