@@ -20,7 +20,7 @@ from ..base import Param
 from .particle_filter import ParticleFilter, particle_params
 from .population import entropic_temperature, ess, logit, softmax_weights
 from .rewards import Reward
-from .steps import STEP_DELIMITER, Sampler, grow, step_text
+from .steps import Sampler, grow_step
 
 
 class EntropicParticleFilter(ParticleFilter):
@@ -75,17 +75,8 @@ def lookahead_rewards(lanes: Lanes, rows: list[int], reward: Reward, sampler: Sa
     n = len(lanes)
     lanes.select(list(range(n)) + rows)                      # rows n.. are the copies, in the order of `rows`
     copies = list(range(n, n + len(rows)))
-    for row in copies:
-        lanes.lanes[row].data["step_start"] = len(lanes.lanes[row].tokens)
-    going = set(copies)
-    while going:
-        for _ in grow(lanes, going, sampler, step):          # the copies' events are not part of the run
-            pass
-        for row in list(going):
-            lane = lanes.lanes[row]
-            step_over = len(lane.tokens) - lane.data["step_start"] >= cap or STEP_DELIMITER in step_text(lanes, row)
-            if lane.finished or step_over:
-                going.discard(row)
+    for _ in grow_step(lanes, sampler, step, cap, rows=copies):   # the copies' events are not part of the run
+        pass
     scores = reward.score(lanes, copies, final=False)
     lanes.select(list(range(n)))
     return scores

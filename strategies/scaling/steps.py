@@ -64,11 +64,12 @@ def step_text(lanes: Lanes, row: int) -> str:
     return lanes.session.tokenizer.decode(lane.tokens[lane.data.get("step_start", 0):], skip_special_tokens=False)
 
 
-def grow_step(lanes: Lanes, sampler: Sampler, step: int, cap: int,
-              delimiter: str = STEP_DELIMITER) -> Iterator[Event]:
-    """Extend every live lane by one reasoning step: tokens until the step's text contains `delimiter`,
-    the lane finishes (eos, length), or the step has `cap` tokens (SmolLM2 does not always write blank lines)."""
-    going = set(lanes.live())
+def grow_step(lanes: Lanes, sampler: Sampler, step: int, cap: int, delimiter: str = STEP_DELIMITER,
+              rows: list[int] | None = None) -> Iterator[Event]:
+    """Extend every live lane (or just `rows`) by one reasoning step: tokens until the step's text contains
+    `delimiter`, the lane finishes (eos, length), or the step has `cap` tokens (SmolLM2 does not always
+    write blank lines)."""
+    going = set(lanes.live() if rows is None else rows)
     for row in going:
         lanes.lanes[row].data["step_start"] = len(lanes.lanes[row].tokens)
     while going:
