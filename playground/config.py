@@ -13,6 +13,17 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = _env(name, "1" if default else "0").lower()
+    if value not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError(f"{name} must be 0 or 1; got {value!r}")
+    return value in ("1", "true", "yes", "on")
+
+
+def _list(name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
 def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = _env(name, default)
     if value not in allowed:
@@ -32,6 +43,21 @@ class Settings:
     host: str
     port: int
     public_url: str          # base of share links (set it to the Space's URL when deployed)
+    # --- what one visitor may load and cost (README "Limits") ---
+    allowed_models: tuple[str, ...]  # empty: any Hub id or local folder (a lab server); else only these + embedded
+    trust_remote_code: bool  # never run a Hub repository's own Python unless the operator says so
+    model_cache: int         # models kept loaded at once; the least recently used is dropped first
+    hub_timeout_s: float     # one online look-up of an uncached Hub id, never a retry loop
+    device: str              # "auto" (CUDA when present), "cpu" or "cuda"
+    max_prompt_tokens: int   # the templated prompt's tokens
+    max_token_rows: int      # rows x (prompt + new + tree tokens): the KV-cache memory bound of one run
+    max_run_s: float         # wall-clock limit of one run; it then stops like Stop, saved as "time limit"
+    rate_limit: int          # generations one client may start per rate_window_s (sliding window)
+    rate_window_s: float
+    queue_share: int         # generations one client may have waiting or running at once
+    queue_size: int          # all generations waiting, every client together
+    concurrency: int         # generations running at once (the model is shared)
+    auth: str                # "user:password" puts a login in front of the app; empty: open
 
     @staticmethod
     def from_env() -> "Settings":
@@ -48,6 +74,20 @@ class Settings:
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),
+            allowed_models=_list("PLAYGROUND_ALLOWED_MODELS"),
+            trust_remote_code=_flag("PLAYGROUND_TRUST_REMOTE_CODE", False),
+            model_cache=max(1, int(_env("PLAYGROUND_MODEL_CACHE", "2"))),
+            hub_timeout_s=float(_env("PLAYGROUND_HUB_TIMEOUT", "10")),
+            device=_choice("PLAYGROUND_DEVICE", "auto", ("auto", "cpu", "cuda")),
+            max_prompt_tokens=int(_env("PLAYGROUND_MAX_PROMPT_TOKENS", "4096")),
+            max_token_rows=int(_env("PLAYGROUND_MAX_TOKEN_ROWS", "32768")),
+            max_run_s=float(_env("PLAYGROUND_MAX_RUN_SECONDS", "120")),
+            rate_limit=int(_env("PLAYGROUND_RATE_LIMIT", "20")),
+            rate_window_s=float(_env("PLAYGROUND_RATE_WINDOW", "60")),
+            queue_share=max(1, int(_env("PLAYGROUND_QUEUE_SHARE", "2"))),
+            queue_size=max(1, int(_env("PLAYGROUND_QUEUE_SIZE", "64"))),
+            concurrency=max(1, int(_env("PLAYGROUND_CONCURRENCY", "1"))),
+            auth=_env("PLAYGROUND_AUTH", ""),
         )
 
 

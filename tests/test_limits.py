@@ -1,0 +1,143 @@
+"""Model loading as a hostile visitor tries it: many spellings of one folder, many folders, folders that
+exist or not, remote code, uncached Hub ids offline. Real folders (tmp_path), never the network."""
+
+from __future__ import annotations
+
+import gc
+import json
+import weakref
+
+import pytest
+
+from playground import models
+from playground.config import settings
+from playground.models import ModelLoadError, load_model, loaded_ids
+
+
+def tiny_folder(path, seed=0):
+    """A real transformers folder: a 2-layer random llama and a word-level fast tokenizer."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from conftest import build_tiny_llama
+
+    vocab = {"<unk>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, 96)}}
+    raw = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", eos_token="<eos>").save_pretrained(path)
+    build_tiny_llama(seed).to("cpu").float().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def env(monkeypatch):
+    """Set PLAYGROUND_* variables for one test; the settings and the model cache are restored after."""
+    saved = models._cache.copy()
+
+    def set_env(**values):
+        for name, value in values.items():
+            monkeypatch.setenv(name, str(value))
+        settings.cache_clear()
+
+    yield set_env
+    monkeypatch.undo()
+    settings.cache_clear()
+    with models._lock:
+        models._cache.clear()
+        models._cache.update(saved)
+
+
+def test_every_spelling_of_a_folder_is_one_model(env, tmp_path):
+    env(PLAYGROUND_MODEL_CACHE=4)
+    folder = tiny_folder(tmp_path / "m")
+    (tmp_path / "link").symlink_to(folder)
+    spellings = [f"{folder}/", f"{folder}/./", f"/{folder}/", f"{folder}/../m", str(tmp_path / "link")]
+    first = load_model(str(folder), "float32")
+    for spelling in spellings:
+        assert load_model(spelling, "float32") is first
+    assert first.model_id == str(folder.resolve())
+    assert [key for key in loaded_ids() if key[0].startswith(str(tmp_path))] == [(str(folder.resolve()), "float32")]
+
+
+def test_the_cache_keeps_the_most_recently_used_and_frees_the_rest(env, tmp_path):
+    env(PLAYGROUND_MODEL_CACHE=2)
+    folders = [tiny_folder(tmp_path / f"m{i}", seed=i) for i in range(3)]
+    first = weakref.ref(load_model(str(folders[0]), "float32").model)
+    load_model(str(folders[1]), "float32")
+    load_model(str(folders[0]), "float32")           # used again: now m1 is the oldest
+    load_model(str(folders[2]), "float32")
+    held = [key[0] for key in loaded_ids()]
+    assert held[-2:] == [str(folders[0].resolve()), str(folders[2].resolve())]
+    assert str(folders[1].resolve()) not in held and len(held) == 2
+    load_model(str(folders[1]), "float32")
+    gc.collect()
+    assert first() is None, "an evicted model's weights must be freed"
+
+
+def _error(model_id) -> str:
+    with pytest.raises(ModelLoadError) as info:
+        load_model(model_id, "float32")
+    return str(info.value).replace(repr(model_id), "<id>")
+
+
+def test_one_error_whether_or_not_a_folder_exists(env, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    (tmp_path / "afile").write_text("x")
+    messages = {_error(str(tmp_path / name)) for name in ("missing", "empty", "broken", "afile")}
+    messages.add(_error("/etc"))
+    assert len(messages) == 1, messages
+    message = messages.pop()
+    assert "Could not load model <id>" in message and "Error" not in message
+
+
+def test_remote_code_never_runs_unless_enabled(env, tmp_path):
+    folder = tiny_folder(tmp_path / "evil")
+    marker = tmp_path / "ran"
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "evil_llama"           # unknown to transformers: only the repository's code could load it
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                    "from transformers import LlamaConfig, LlamaForCausalLM\n"
+                                    "class EvilConfig(LlamaConfig):\n    model_type = 'evil_llama'\n"
+                                    "class EvilModel(LlamaForCausalLM):\n    config_class = EvilConfig\n")
+    _error(str(folder))
+    assert not marker.exists()
+    env(PLAYGROUND_TRUST_REMOTE_CODE=1)           # the operator's switch: now it runs (the check above can fail)
+    try:
+        load_model(str(folder), "float32")
+    except ModelLoadError:
+        pass
+    assert marker.exists()
+
+
+def test_allow_list_serves_only_embedded_and_listed_hub_ids(env, tmp_path):
+    folder = tiny_folder(tmp_path / "real")
+    env(PLAYGROUND_ALLOWED_MODELS="HuggingFaceTB/SmolLM2-360M-Instruct, org/other")
+    for hostile in (str(folder), f"{folder}/", "org/unlisted", "../etc", "embedded@layers=2x"):
+        with pytest.raises(ModelLoadError, match="not offered on this server; it serves: embedded, "
+                                                 "HuggingFaceTB/SmolLM2-360M-Instruct, org/other"):
+            models.resolve_id(hostile)
+    for fine in ("embedded", "embedded@layers=24", "org/other", " org/other "):
+        models.resolve_id(fine)
+
+
+def test_an_uncached_hub_id_offline_fails_without_the_network(env, monkeypatch):
+    env(HF_HUB_OFFLINE=1)
+
+    def no_network(model_id):
+        raise AssertionError("offline: the Hub must not be asked")
+
+    monkeypatch.setattr(models, "_hub_reachable", no_network)
+    message = _error("nobody-here/no-such-model-0")
+    assert "(offline)" in message
+
+
+@pytest.mark.parametrize("bad", [123, "x" * 400, "bad\ud800id", "a\x00b"])
+def test_model_ids_that_are_not_ids(env, bad):
+    with pytest.raises(ModelLoadError, match="model id"):
+        models.resolve_id(bad)
