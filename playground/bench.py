@@ -93,6 +93,8 @@ def main(args) -> int:
         if args.json:
             print(json.dumps(report, indent=2))
         return 0
+    if args.prompts not in PROMPT_SETS and args.prompts != "all":          # a prompt file
+        return bench_file(loaded, methods, args)
     sets = list(PROMPT_SETS) if args.prompts == "all" else [args.prompts]
     report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
@@ -104,6 +106,30 @@ def main(args) -> int:
           f"new tokens, {args.repeats} repeat(s)")
     for name, result in report["sets"].items():
         print_table(name, result)
+    return 0
+
+
+def bench_file(loaded, methods: list[str], args) -> int:
+    """Per-prompt best-of-repeats, per-category geomeans (benchmarks/per_prompt.py)."""
+    from .benchmarks.per_prompt import measure, print_report, summarise
+    from .benchmarks.prompt_file import PromptFileError, read_prompts
+
+    try:
+        prompts = read_prompts(args.prompts)
+    except PromptFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    peers = {PEERS[m][0]: PEERS[m][1] for m in methods if m in PEERS}
+    result = summarise(methods, prompts, measure(loaded, methods, prompts, args, peers), peers)
+    report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
+              "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "prompt_file": str(args.prompts),
+              **result}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"model {loaded.model_id} ({loaded.dtype}), {report['threads']} threads, up to {args.max_new_tokens} "
+          f"new tokens, best of {args.repeats} per prompt, {args.prompts}")
+    print_report(result)
     return 0
 
 

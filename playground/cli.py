@@ -126,8 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--methods", default=None, help="comma-separated subset of methods (greedy always runs)")
-    p.add_argument("--prompts", default="all", choices=["all", "open-ended", "grounded"],
-                   help="prompt set: open-ended answers, grounded edits of a given text, or both")
+    p.add_argument("--prompts", default="all",
+                   help="prompt set: open-ended answers, grounded edits of a given text, all (both), or a "
+                        "JSONL file (one {\"prompt\": ..., \"category\": ...} per line; Spec-Bench's "
+                        "\"turns\" also work): per-category geomeans, e.g. playground/benchmarks/spec_bench_18.jsonl")
     p.add_argument("--scaling", action="store_true",
                    help="many sequences instead: N lanes' cost against one sample, and accuracy on the "
                         "arithmetic task set (greedy, best-of-N, self-consistency, particle filtering)")
