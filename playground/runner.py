@@ -7,9 +7,11 @@ counts against a method), cancellation and the final metrics event.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import platform
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,13 +24,15 @@ from strategies import REGISTRY, InvalidParameter, Strategy, UnknownStrategy
 from . import baseline
 from .config import settings
 from .decoding import DecodeSession, Stopwatch
-from .events import ErrorEvent, Event, MetricsEvent, RunStarted, StatsEvent, TokenEvent
+from .events import ErrorEvent, Event, MetricsEvent, NoticeEvent, RunStarted, StatsEvent, TokenEvent
 from .hardware import machine_bandwidth_gb_s
-from .models import EMBEDDED, LoadedModel, ModelLoadError, load_model
+from .models import DTYPES, EMBEDDED, LoadedModel, ModelLoadError, load_model
+from .sanitize import UnsafeText, clean
 
 MAX_PROMPT_CHARS = 100_000
 DEFAULT_DRAFT = f"{EMBEDDED}@layers=24"   # the embedded model's first 24 of 30 layers (playground/drafts.py)
 MAX_SEED = 2**63 - 1
+TIME_LIMIT = "time limit"   # the stop reason (and saved status) of a run the wall-clock limit stopped
 
 
 class InvalidRequest(ValueError):
@@ -62,29 +66,89 @@ class PreparedRun:
 
 def _as_int(value: Any, name: str) -> int:
     try:
+        if isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value.strip())       # exact, where float() would round a large seed
         number = float(value)
         if number != int(number):
             raise ValueError
         return int(number)
     except (TypeError, ValueError, OverflowError):
-        raise InvalidRequest(f"{name} must be a whole number, got {value!r}") from None
+        raise InvalidRequest(f"{name} must be a whole number, got {_shown(value)}") from None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _text(value: Any, name: str, notices: list[str]) -> str:
+    """A visitor's text field, cleaned (sanitize.py): wrong types and lone surrogates get a message."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be text, got {type(value).__name__}")
+    try:
+        cleaned, notice = clean(value, name)
+    except UnsafeText as exc:
+        raise InvalidRequest(str(exc)) from None
+    if notice:
+        notices.append(notice)
+    return cleaned
+
+
+def checked_request(request: GenerationRequest, notices: list[str]) -> GenerationRequest:
+    """The request with every field of the right type and its text cleaned; API callers send anything."""
+    prompt = _text(request.prompt if request.prompt is not None else "", "the prompt", notices)
+    if not isinstance(request.strategy, str):
+        raise InvalidRequest(f"strategy must be a method name (text), got {type(request.strategy).__name__}")
+    if request.strategy not in REGISTRY:
+        raise InvalidRequest(str(UnknownStrategy(request.strategy[:80])))
+    if request.params is not None and not isinstance(request.params, dict):
+        raise InvalidRequest(f"params must be a mapping of names to values, got {type(request.params).__name__}")
+    params = {}
+    for key, value in (request.params or {}).items():
+        key = _text(key, "a parameter name", [])
+        params[key] = _text(value, f"parameter {key}", notices) if isinstance(value, str) else value
+    if request.dtype is not None and request.dtype not in DTYPES:
+        raise InvalidRequest(f"dtype must be one of {', '.join(DTYPES)}, got {_shown(request.dtype)}")
+    for name in ("model_id", "draft_model_id"):
+        value = getattr(request, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{name} must be text, got {type(value).__name__}")
+    if not isinstance(request.chat, (bool, int)) or request.chat not in (True, False):
+        raise InvalidRequest(f"chat must be true or false, got {_shown(request.chat)}")
+    return dataclasses.replace(request, prompt=prompt, params=params, chat=bool(request.chat))
+
+
+def check_footprint(strategy: Strategy, prompt_tokens: int, max_new: int) -> None:
+    """One memory rule for every method: the sequences it holds at once x the positions each may reach
+    (prompt + new tokens + one pass's draft tokens) must fit PLAYGROUND_MAX_TOKEN_ROWS."""
+    rows, tree = strategy.footprint()
+    total = rows * (prompt_tokens + max_new + tree)
+    cap = settings().max_token_rows
+    if total > cap:
+        knobs = ", ".join((*strategy.row_params, *strategy.tree_params))
+        raise InvalidRequest(
+            f"This run would hold {rows} sequence{'s' if rows > 1 else ''} x ({prompt_tokens:,} prompt + {max_new:,} "
+            f"new{f' + {tree:,} draft' if tree else ''} tokens) = {total:,} token rows; this server allows {cap:,}. "
+            f"Shorten the prompt or lower max new tokens{f' or {knobs}' if knobs else ''}.")
 
 
 def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> PreparedRun:
     """Check and clamp a request; load its model. Raises InvalidRequest with one clear line."""
     notices: list[str] = []
-    prompt = request.prompt if isinstance(request.prompt, str) else ""
+    request = checked_request(request, notices)
+    prompt = request.prompt
     if not prompt.strip():
         raise InvalidRequest("The prompt is empty: type something for the model to continue.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
     try:
-        strategy = REGISTRY[request.strategy](**(request.params or {})) if request.strategy in REGISTRY \
-            else None
+        strategy = REGISTRY[request.strategy](**request.params)
     except InvalidParameter as exc:
         raise InvalidRequest(f"{request.strategy}: {exc}") from None
-    if strategy is None:
-        raise InvalidRequest(str(UnknownStrategy(request.strategy)))
     seed = _as_int(request.seed, "seed")
     if not 0 <= seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}, got {seed}")
@@ -109,6 +173,9 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
         if draft.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
             raise InvalidRequest(f"draft model {draft.model_id!r} does not share the target's tokenizer.")
     prompt_ids = loaded.encode_prompt(prompt, chat=request.chat)
+    limit = settings().max_prompt_tokens
+    if len(prompt_ids) > limit:
+        raise InvalidRequest(f"The prompt is {len(prompt_ids):,} tokens; this server takes at most {limit:,}.")
     room = loaded.context_length - len(prompt_ids)
     if room < 1:
         raise InvalidRequest(
@@ -117,6 +184,7 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
     if max_new > room:
         notices.append(f"max_new_tokens was reduced to {room} to fit the model's context.")
         max_new = room
+    check_footprint(strategy, len(prompt_ids), max_new)
     return PreparedRun(request, loaded, strategy, prompt_ids, max_new, seed, notices, draft)
 
 
@@ -131,8 +199,18 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
     events = run.strategy.decode(session)
     watch = Stopwatch(session)
     new_tokens, stop_reason, method = 0, "length", {}
+    limit_s = settings().max_run_s
+    deadline = time.monotonic() + limit_s
+    timed_out = threading.Event()
+
+    def stopping() -> bool:
+        """Stop (the button) and the wall-clock limit take the same path: StopRun into the method."""
+        if not timed_out.is_set() and time.monotonic() > deadline:
+            timed_out.set()
+        return timed_out.is_set() or (cancel is not None and cancel.is_set())
+
     try:
-        for event in watch.run(events, stopping=lambda: cancel is not None and cancel.is_set()):
+        for event in watch.run(events, stopping=stopping):
             if isinstance(event, TokenEvent):
                 new_tokens += 1
                 if event.token_id in loaded.eos_ids:
@@ -141,7 +219,10 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
                 method.update(event.values)
             yield event
         if watch.stopped:
-            stop_reason = "stopped"
+            stop_reason = TIME_LIMIT if timed_out.is_set() else "stopped"
+        if timed_out.is_set():
+            yield NoticeEvent("time limit", f"Stopped by this server's time limit of {limit_s:g} s per run "
+                                            "(PLAYGROUND_MAX_RUN_SECONDS); the output so far is kept.")
     except Exception as exc:  # a failing step ends this run, never the app; the message is kept
         stop_reason = "error"
         yield ErrorEvent(f"{type(exc).__name__}: {exc}")
@@ -204,7 +285,7 @@ def greedy_reference(run: PreparedRun, new_tokens: int, rate: float | None, stop
     if run.strategy.name == "greedy" and baseline.qualifies(new_tokens, rate, stop_reason):
         return baseline.GreedySpeed(rate, f"this greedy run ({new_tokens} tokens)")
     known = baseline.own(references, run.loaded) or baseline.server_speed(run.loaded)
-    if known or stop_reason == "stopped":      # the user wants control back: never start a measurement now
+    if known or stop_reason in ("stopped", TIME_LIMIT):      # the user wants control back: never start a measurement now
         return known
     return baseline.measure_once(run.loaded, run.prompt_ids)
 

@@ -75,6 +75,8 @@ class Strategy:
     many_sequences: ClassVar[bool] = False  # decodes many lanes and returns one (its cost is N lanes, not one answer)
     free_text: ClassVar[bool] = True        # answers any prompt (False: needs input of its own, e.g. a passage)
     params: ClassVar[tuple[Param, ...]] = ()
+    row_params: ClassVar[tuple[str, ...]] = ()   # int parameters whose product is the sequences decoded at once
+    tree_params: ClassVar[tuple[str, ...]] = ()  # int parameters whose product bounds the draft tokens a pass adds
 
     def __init__(self, **values: Any):
         known = {p.name: p for p in self.params}
@@ -100,6 +102,17 @@ class Strategy:
         """Whether THIS configuration equals plain greedy token for token. Methods with a sampling
         mode are lossless only at temperature 0; greedy itself is the reference, not 'lossless'."""
         return self.lossless and self.p.get("temperature", 0) == 0
+
+    def footprint(self) -> tuple[int, int]:
+        """(sequences held at once, draft positions one pass adds to each): with the prompt and the new tokens,
+        what the runner's one memory rule (rows x positions, PLAYGROUND_MAX_TOKEN_ROWS) needs to know about
+        this configuration, without knowing the method."""
+        rows = tree = 1
+        for name in self.row_params:
+            rows *= int(self.p[name])
+        for name in self.tree_params:
+            tree *= int(self.p[name])
+        return rows, tree if self.tree_params else 0
 
     def check(self) -> None:
         """Cross-parameter checks (override when a rule spans several parameters)."""

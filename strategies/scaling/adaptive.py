@@ -70,6 +70,7 @@ class Adaptive(Strategy):
                "across samples from first_temperature to temperature (our schedule).")
     paper = "https://arxiv.org/abs/2410.02725"
     many_sequences = True
+    row_params = ("n",)   # memory bound: Strategy.footprint
     params = (
         Param("mode", "choice", "sampling", choices=("sampling", "pruning"),
               help="sampling: one sample at a time until the score reaches the threshold; pruning: N lanes, "

@@ -24,6 +24,7 @@ class BestOfN(Strategy):
                "the best, or draw one from softmax(reward / tau).")
     paper = "https://arxiv.org/abs/2407.21787"
     many_sequences = True
+    row_params = ("n",)   # memory bound: Strategy.footprint
     params = (
         Param("n", "int", 4, 1, 16, help="Samples N, decoded together as lanes.", step=1),
         Param("selection", "choice", "argmax", choices=("argmax", "softmax"),

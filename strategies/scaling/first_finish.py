@@ -31,6 +31,7 @@ class FirstFinish(Strategy):
                "on large reasoning models; a 135M model may not follow it.")
     paper = "https://arxiv.org/abs/2505.18149"
     many_sequences = True
+    row_params = ("n",)   # memory bound: Strategy.footprint
     params = (
         Param("n", "int", 4, 1, 16, help="Samples n, decoded together as lanes (the paper uses 4 to 16).", step=1),
         *family_params(temperature_default=0.8, temperature_low=MIN_SAMPLING_TEMPERATURE),

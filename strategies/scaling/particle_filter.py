@@ -60,6 +60,7 @@ class ParticleFilter(Strategy):
                "has finished the pool is kept as it is (ours: a last resampling could only drop the best).")
     paper = "https://arxiv.org/abs/2502.01618"
     many_sequences = True
+    row_params = ("n",)   # memory bound: Strategy.footprint
     params = particle_params("multinomial")
 
     def check(self):

@@ -43,6 +43,7 @@ class SelfConsistency(Strategy):
                "The vote needs answers: on free text with no number there is nothing to count.")
     paper = "https://arxiv.org/abs/2203.11171"
     many_sequences = True
+    row_params = ("n",)   # memory bound: Strategy.footprint
     params = (
         Param("n", "int", 5, 1, 16, help="Chains sampled, decoded together as lanes (Wang et al. use up to 40).",
               step=1),

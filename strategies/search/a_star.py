@@ -55,6 +55,7 @@ class AStar(Strategy):
                "re-reads its state's tokens in one pass (the prompt's cache is kept).")
     paper = "https://arxiv.org/abs/2505.13672"
     many_sequences = True
+    row_params = ("k",)   # memory bound: Strategy.footprint
     params = (
         Param("k", "int", 4, 1, 8, help="Candidate next steps per expansion (lanes grown together).", step=1),
         Param("budget", "int", 16, 1, 64, help="Expansions at most; then the best finished (else best-f) state.",

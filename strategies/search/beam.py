@@ -33,6 +33,7 @@ class BeamSearch(Strategy):
     title = "Beam search"
     summary = "Keep the W best partial sequences by total log-probability; the tree grows live."
     paper = "https://huggingface.co/docs/transformers/generation_strategies#beam-search"
+    row_params = ("num_beams",)   # memory bound: Strategy.footprint
     params = (
         Param("num_beams", "int", 3, 1, 16, help="Beam width W.", step=1),
         Param("length_penalty", "float", 1.0, -2.0, 4.0,

@@ -42,6 +42,7 @@ class StepBeam(Strategy):
                "survive. The paper's reward is a trained PRM; here an offline substitute.")
     paper = "https://arxiv.org/abs/2408.03314"
     many_sequences = True
+    row_params = ("beams", "candidates")   # memory bound: Strategy.footprint
     params = (
         Param("beams", "int", 4, 1, 16, help="Beams N kept after each step.", step=1),
         Param("candidates", "int", 4, 1, 16, help=f"Candidates M per beam per step (N*M <= {MAX_LANES}).", step=1),

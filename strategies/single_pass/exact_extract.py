@@ -228,6 +228,7 @@ class ExactExtract(Strategy):
                "Deviation: the answer's first token is its passage token without the leading space, re-tokenised.")
     paper = "https://arxiv.org/abs/2108.05857"
     free_text = False
+    row_params, tree_params = ("batch",), ("max_span",)   # memory bound: Strategy.footprint
     params = (
         Param("passage", "text", "", high=MAX_PASSAGE_CHARS,
               help="The passage to extract from (at most 4,000 characters). Empty: taken from the prompt, "

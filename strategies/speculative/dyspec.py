@@ -103,6 +103,7 @@ class DySpec(SpeculationLoop):
     paper = "https://arxiv.org/abs/2410.11744"
     needs_draft = True
     tree_title = "DySpec draft tree"
+    tree_params = ("budget",)   # memory bound: Strategy.footprint
     params = (
         Param("budget", "int", 12, 1, 128, help="Draft nodes per round (tree size without the root).", step=1),
         Param("width", "int", 4, 1, 32, help="Nodes added per draft pass (expansion batch).", step=1),

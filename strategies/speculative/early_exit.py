@@ -134,6 +134,7 @@ class EarlyExit(Strategy):
                "live from the verification pass (logit lens) and (l, d) is chosen to maximise tokens per layer.")
     paper = "https://arxiv.org/abs/2504.05598"
     lossless = True
+    tree_params = ("max_draft",)   # memory bound: Strategy.footprint
     params = (
         Param("exit_layer", "int", 0, 0, 64, help="Draft from this layer (0 = chosen live by DEL).", step=1),
         Param("draft_length", "int", 0, 0, 32, help="Draft tokens per round (0 = chosen live by DEL).", step=1),

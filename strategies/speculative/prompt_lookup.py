@@ -58,6 +58,7 @@ class PromptLookup(SpeculationLoop):
     summary = "Drafts copied from earlier in the context after a matching n-gram; verified in one pass."
     paper = "https://github.com/apoorvumang/prompt-lookup-decoding"
     tree_title = "Prompt lookup draft"
+    tree_params = ("num_tokens",)   # memory bound: Strategy.footprint
     params = (
         Param("max_ngram", "int", 2, 1, 8, help="Longest trailing n-gram searched for in the context.", step=1),
         Param("num_tokens", "int", 10, 1, 32, help="Most draft tokens copied after a match.", step=1),

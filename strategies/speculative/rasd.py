@@ -75,6 +75,7 @@ class RASD(SpeculationLoop):
     paper = "https://arxiv.org/abs/2503.03434"
     needs_draft = True
     tree_title = "RASD fused tree"
+    tree_params = ("budget",)   # memory bound: Strategy.footprint
     params = (
         Param("budget", "int", 8, 1, 128, help="Draft-model nodes per round.", step=1),
         Param("width", "int", 4, 1, 32, help="Draft-model nodes added per draft pass.", step=1),

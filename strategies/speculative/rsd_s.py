@@ -43,6 +43,7 @@ class StochasticBeamRSD(RecursiveSpeculative):
     summary = ("A draft tree of the W best sequences per depth, sampled by stochastic beam search, verified in "
                "one tree-attention pass with recursive rejection sampling; exact target distribution, greedy "
                "(beam search drafts) at temperature 0.")
+    tree_params = ("beam_width", "draft_depth")   # memory bound: Strategy.footprint
     params = (Param("beam_width", "int", 3, 1, 16, help="Sequences kept at every draft depth (W).", step=1),
               Param("draft_depth", "int", 3, 1, 8, help="Draft depth (L).", step=1)) + sampling_params()
 

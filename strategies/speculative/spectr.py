@@ -38,6 +38,7 @@ class SpecTr(SpeculationLoop):
                "k-sequential selection picks a surviving candidate. Exact target distribution.")
     paper = "https://arxiv.org/abs/2310.15141"
     needs_draft = True
+    tree_params = ("num_drafts", "draft_length")   # memory bound: Strategy.footprint
     params = (
         Param("num_drafts", "int", 4, 1, 16, help="k: independent draft sequences per round.", step=1),
         Param("draft_length", "int", 4, 1, 16, help="L: tokens per draft sequence.", step=1),

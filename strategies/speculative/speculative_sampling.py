@@ -28,6 +28,7 @@ class SpeculativeSampling(SpeculationLoop):
     paper = "https://arxiv.org/abs/2211.17192"
     needs_draft = True
     tree_title = "Draft chain"
+    tree_params = ("gamma",)   # memory bound: Strategy.footprint
     params = (
         Param("gamma", "int", 4, 1, 16, help="Draft tokens proposed per round (the most, when adaptive).", step=1),
         Param("adaptive", "bool", True,

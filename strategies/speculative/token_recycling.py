@@ -124,6 +124,7 @@ class TokenRecycling(SpeculationLoop):
                "tree size tuned to this machine's measured forward cost.")
     paper = "https://arxiv.org/abs/2408.08696"
     tree_title = "Token Recycling draft tree"
+    tree_params = ("max_nodes",)   # memory bound: Strategy.footprint
     params = (
         Param("top_k", "int", 8, 1, 16, help="Candidates remembered per token (columns of M).", step=1),
         Param("max_nodes", "int", 64, 0, 128,
