@@ -58,6 +58,7 @@ class Settings:
     queue_size: int          # all generations waiting, every client together
     concurrency: int         # generations running at once (the model is shared)
     auth: str                # "user:password" puts a login in front of the app; empty: open
+    trust_proxy: bool        # a proxy in front sets X-Forwarded-For (Spaces): use it to tell visitors apart
 
     @staticmethod
     def from_env() -> "Settings":
@@ -88,6 +89,7 @@ class Settings:
             queue_size=max(1, int(_env("PLAYGROUND_QUEUE_SIZE", "64"))),
             concurrency=max(1, int(_env("PLAYGROUND_CONCURRENCY", "1"))),
             auth=_env("PLAYGROUND_AUTH", ""),
+            trust_proxy=_flag("PLAYGROUND_TRUST_PROXY", bool(os.environ.get("SPACE_ID"))),
         )
 
 

@@ -141,3 +141,54 @@ def test_an_uncached_hub_id_offline_fails_without_the_network(env, monkeypatch):
 def test_model_ids_that_are_not_ids(env, bad):
     with pytest.raises(ModelLoadError, match="model id"):
         models.resolve_id(bad)
+
+
+# --- fairness: the per-client ledger (playground/limits.py) ----------------------------------------
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_rate_limit_is_a_sliding_window():
+    from playground.limits import ClientLimits
+
+    clock = Clock()
+    limits = ClientLimits(rate=3, window_s=10, share=99, clock=clock)
+    for t in (0.0, 4.0, 6.0):
+        clock.now = t
+        assert limits.admit("a") is None
+    clock.now = 7.5
+    assert limits.admit("a") == "Too many generations: at most 3 per 10 s per visitor; try again in 3 s."
+    assert limits.admit("b") is None, "another client is not affected"
+    clock.now = 10.0                                  # the start at 0 leaves the window exactly now
+    assert limits.admit("a") is None
+    clock.now = 11.0
+    assert "try again in 3 s" in limits.admit("a")    # the next to leave started at 4: 4 + 10 - 11
+
+
+def test_the_queue_share_counts_what_gradio_holds_and_fresh_admissions():
+    from playground.limits import BURST_S, ClientLimits
+
+    clock = Clock()
+    limits = ClientLimits(rate=99, window_s=60, share=2, clock=clock)
+    assert limits.admit("a", busy=1) is None
+    message = limits.admit("a", busy=2, wait_s=41.2)
+    assert message == ("You already have 2 generations waiting or running (this server's share per visitor); "
+                       "try again in 42 s.")
+    assert limits.admit("a", busy=0) is None          # two admissions in the last BURST_S: queued or not yet seen
+    assert "try again in 3 s" in limits.admit("a", busy=0)
+    clock.now = BURST_S + 0.1
+    assert limits.admit("a", busy=1) is None
+
+
+def test_the_ledger_forgets_the_quietest_clients_first():
+    from playground.limits import ClientLimits
+
+    limits = ClientLimits(rate=1, window_s=60, share=9, clock=Clock(), max_clients=3)
+    for name in "abcd":
+        assert limits.admit(name) is None
+    assert list(limits._starts) == ["b", "c", "d"]
