@@ -1,15 +1,19 @@
 """Engine and sessions. SQLite by default (WAL, busy timeout, foreign keys on every connection);
-any SQLAlchemy URL in DATABASE_URL (e.g. PostgreSQL) works unchanged."""
+any SQLAlchemy URL in DATABASE_URL (e.g. PostgreSQL) works unchanged. Every database is brought
+to the newest schema by the migrations in storage/migrations when first opened."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import sessionmaker
 
-from .models import Base
+MIGRATIONS = Path(__file__).parent / "migrations"
+FIRST_REVISION = "0001"      # the schema databases made before migrations already have
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -19,6 +23,24 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the database to the newest schema. A database from before migrations (a `runs`
+    table, no `alembic_version`) is first stamped as the first revision, then upgraded in place."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        tables = set(inspect(connection).get_table_names())
+        if "runs" in tables and "alembic_version" not in tables:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, "head")
 
 
 @lru_cache(maxsize=None)
@@ -31,7 +53,7 @@ def engine_for(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
 
 

@@ -1,0 +1,98 @@
+"""What every tab shares: drawing a run's events into the page's outputs, the form's parameter
+widgets, and streaming a run to the page (paced, saved at the end, stopped with the page)."""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from typing import Any, Iterator
+
+import gradio as gr
+
+from storage import default_repository
+from strategies import REGISTRY, Param
+from visualizers import PANELS, render
+
+from ..baseline import References, remember
+from ..config import settings
+from ..events import Event, MetricsEvent, RunStarted, TokenEvent
+from ..runner import PreparedRun, execute
+
+# Drawing must cost the generator under 10 % of its time: redraw at most every MIN_INTERVAL_S,
+# and never sooner than RENDER_FACTOR x the last drawing's cost.
+MIN_INTERVAL_S = 0.4
+RENDER_FACTOR = 15
+
+
+def param_component(param: Param):
+    label, info = param.name, param.help or None
+    if param.kind == "bool":
+        return gr.Checkbox(value=param.default, label=label, info=info)
+    if param.kind == "text":
+        # no max_length: the browser would cut the text silently; the server refuses it with a message
+        return gr.Textbox(value=param.default, label=label, info=info, lines=2)
+    if param.kind == "choice":
+        return gr.Radio(list(param.choices), value=param.default, label=label, info=info)
+    if param.low is not None and param.high is not None:
+        return gr.Slider(param.low, param.high, value=param.default, step=param.step or (1 if param.kind == "int" else 0.01),
+                         label=label, info=info)
+    return gr.Number(value=param.default, label=label, info=info, precision=0 if param.kind == "int" else None)
+
+
+def method_help(name: str) -> str:
+    cls = REGISTRY[name]
+    link = f" [paper]({cls.paper})" if cls.paper else ""
+    return f"{html.escape(cls.summary)} {html.escape(cls.lossless_help())}{link}"
+
+
+def panel_plots(prefix: str | None = None) -> list[gr.Plot]:
+    """One hidden plot per visualizer panel (shown when a run's events draw it); `prefix` names
+    them for the browser tests (elem_id prefix + panel key)."""
+    return [gr.Plot(label=p.label, visible=False, elem_id=f"{prefix}{p.key}" if prefix else None) for p in PANELS]
+
+
+def outputs_for(events: list[Event]) -> list[Any]:
+    """[text html, metrics html, *plots] for a run's events, live or saved."""
+    drawn = render(events)
+    plots = [gr.Plot(value=drawn.figures[p.key], visible=drawn.figures[p.key] is not None) for p in PANELS]
+    return [drawn.text_html, drawn.metrics_html, *plots]
+
+
+def share_link(run_id: str) -> str:
+    base = settings().public_url.rstrip("/")
+    return f"Saved as run `{run_id}` · [share link]({base}/?run={run_id})"
+
+
+def stream(prepared: PreparedRun, stop: threading.Event, references: References | None
+           ) -> Iterator[tuple[list[Event], str | None, References | None]]:
+    """A run as the page sees it: (events so far, None, None) at each redraw, paced so drawing costs the
+    method little, then (all events, saved run id, this user's greedy references updated by the run).
+    `references` is this browser session's own (a gr.State), never another visitor's. The run's row
+    is written when it starts, so a server killed mid-run leaves it marked "interrupted"."""
+    run = execute(prepared, stop, references=references)
+    events: list[Event] = []
+    saved = False
+    last_draw, draw_cost = 0.0, 0.0
+    try:
+        for event in run:
+            events.append(event)
+            if isinstance(event, RunStarted):
+                default_repository().start(event)
+            if isinstance(event, MetricsEvent):
+                break
+            now = time.perf_counter()
+            first = isinstance(event, TokenEvent) and event.index == 0
+            if first or now - last_draw >= max(MIN_INTERVAL_S, RENDER_FACTOR * draw_cost):
+                yield events, None, None                       # the caller draws while we wait here
+                last_draw = time.perf_counter()
+                draw_cost = last_draw - now
+        run_id = default_repository().save(events)
+        saved = True
+        yield events, run_id, remember(references, events)
+    finally:
+        if not saved:       # the page was closed mid-run: stop the method, keep what it made
+            stop.set()
+            events.extend(run)
+            if events and isinstance(events[-1], MetricsEvent):
+                default_repository().save(events)

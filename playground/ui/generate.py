@@ -1,0 +1,131 @@
+"""The Generate tab: the form built from the strategy registry, Generate / Stop, and the live view."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from strategies import REGISTRY
+
+from ..config import settings
+from ..models import EMBEDDED, EMBEDDED_NAME
+from ..prompts import PROMPT_SETS
+from ..runner import GenerationRequest, InvalidRequest, prepare
+from .common import method_help, outputs_for, panel_plots, param_component, share_link, stream
+
+# Stop flags of the runs in flight, by browser session; each run removes its own when it ends.
+_stops: dict[str, threading.Event] = {}
+
+
+@dataclass
+class Form:
+    """The Generate form's components, in the order `request_from_inputs` reads them."""
+    model: gr.Textbox
+    draft: gr.Textbox
+    dtype: gr.Radio
+    method: gr.Dropdown
+    max_new: gr.Number
+    seed: gr.Number
+    chat: gr.Checkbox
+    prompt: gr.Textbox
+    params: list[Any]
+    param_keys: list[tuple[str, str]]
+
+    def inputs(self) -> list[Any]:
+        return [self.model, self.draft, self.dtype, self.method, self.max_new, self.seed, self.chat, self.prompt,
+                *self.params]
+
+
+def request_from_inputs(param_keys: list[tuple[str, str]], inputs: tuple) -> GenerationRequest:
+    """The Generate form's values (model, draft, dtype, method, max new tokens, seed, chat, prompt,
+    then every method's parameters) as a request; only the chosen method's parameters go in."""
+    model_id, draft_id, dtype_name, method_name, max_new_tokens, seed_value, use_chat, prompt_text = inputs[:8]
+    params = {p: v for (m, p), v in zip(param_keys, inputs[8:]) if m == method_name}
+    return GenerationRequest(prompt=prompt_text, strategy=method_name, params=params, model_id=model_id,
+                             dtype=dtype_name, max_new_tokens=64 if max_new_tokens is None else max_new_tokens,
+                             seed=seed_value if seed_value is not None else 0, chat=bool(use_chat),
+                             draft_model_id=(draft_id or "").strip() or None)
+
+
+def method_form() -> tuple[gr.Dropdown, gr.Markdown, list[gr.Group], list[Any], list[tuple[str, str]]]:
+    """The method picker and one (hidden unless picked) group of parameter widgets per method."""
+    names = list(REGISTRY)
+    method = gr.Dropdown([(REGISTRY[n].title, n) for n in names], value="greedy", label="Method")
+    help_text = gr.Markdown(method_help("greedy"))
+    groups, inputs, keys = [], [], []
+    for name in names:
+        with gr.Group(visible=name == "greedy") as group:
+            for param in REGISTRY[name].params:
+                inputs.append(param_component(param))
+                keys.append((name, param.name))
+        groups.append(group)
+
+    def pick(name):
+        return [gr.Group(visible=n == name) for n in names] + [method_help(name)]
+
+    method.change(pick, method, groups + [help_text])
+    return method, help_text, groups, inputs, keys
+
+
+def build_generate_tab(greedy_references: gr.State) -> Form:
+    with gr.Row():
+        with gr.Column(scale=1, min_width=300):
+            model = gr.Textbox(value=settings().default_model, label="Model",
+                               info=f"'{EMBEDDED}' = {EMBEDDED_NAME}; or a Hub id / local folder")
+            draft = gr.Textbox(value="", label="Draft model (speculative methods)",
+                               info="empty = the method's default; any model sharing the tokenizer")
+            dtype = gr.Radio(["float32", "bfloat16"], value=settings().default_dtype, label="dtype")
+            method, _, _, param_inputs, param_keys = method_form()
+            # No maximum here: the server clamps (and says so), the one rule for the page and the API.
+            max_new = gr.Number(value=64, minimum=1, precision=0, label="max new tokens",
+                                info=f"the server cap is {settings().max_new_tokens_cap}; "
+                                     "more is clamped to it, with a notice")
+            seed = gr.Number(value=0, precision=0, label="seed")
+            chat = gr.Checkbox(value=True, label="chat template (off: raw continuation)")
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", lines=3, value="What is the capital of France?", elem_id="prompt")
+            gr.Examples([[text] for texts in PROMPT_SETS.values() for text in texts], [prompt],
+                        label="Examples: open-ended questions, then grounded edits (try prompt lookup)",
+                        example_labels=[f"{kind}: {text.splitlines()[0][:48]}"
+                                        for kind, texts in PROMPT_SETS.items() for text in texts])
+            with gr.Row():
+                generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                stop_btn = gr.Button("Stop", elem_id="stop")
+            text = gr.HTML(elem_id="output")
+            link = gr.Markdown(elem_id="run-link")
+            metrics = gr.HTML(elem_id="metrics")
+            plots = panel_plots(prefix="plot-")
+    form = Form(model, draft, dtype, method, max_new, seed, chat, prompt, param_inputs, param_keys)
+
+    def run(request: gr.Request, references, *inputs):
+        # gradio injects `request` by position, so the inputs arrive as one flat tuple
+        try:
+            prepared = prepare(request_from_inputs(param_keys, inputs))
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc), print_exception=False)
+        stop = _stops[request.session_hash] = threading.Event()
+        try:
+            with closing(stream(prepared, stop, references)) as page:   # a closed page stops the run now
+                for events, run_id, updated in page:
+                    outputs = outputs_for(events)
+                    yield [outputs[0], share_link(run_id) if run_id else "", *outputs[1:],
+                           updated if updated is not None else gr.skip()]
+        finally:
+            if _stops.get(request.session_hash) is stop:
+                del _stops[request.session_hash]
+
+    gen_inputs = [greedy_references, *form.inputs()]
+    gen_outputs = [text, link, metrics, *plots, greedy_references]
+    generate_btn.click(run, gen_inputs, gen_outputs, concurrency_limit=1)
+    prompt.submit(run, gen_inputs, gen_outputs, concurrency_limit=1)
+
+    def stop_run(request: gr.Request):
+        if request.session_hash in _stops:
+            _stops[request.session_hash].set()
+
+    stop_btn.click(stop_run, None, None, concurrency_limit=None, queue=False)
+    return form
