@@ -1,0 +1,101 @@
+"""The server around the Gradio app: what must hold before the first visitor (the database opens and
+is writable, runs cut off by the last crash are marked, the model is warm) and the HTTP surface a
+hostile caller sees besides the app's own events (a health check, no upload route, an optional login).
+
+The database is checked first, in a second: a bad database used to be found only after the model
+had warmed up for over a minute, or after a visitor's run had finished and could not be saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import gradio as gr
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .config import settings
+
+log = logging.getLogger(__name__)
+HEALTH_PATH = "/healthz"
+
+
+class NoUploads:
+    """The app has no upload field, so gradio's upload route (any file, any size, anyone) is closed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload"):
+            response = JSONResponse({"detail": "This app takes no uploads."}, status_code=403)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def health(_request: Request) -> JSONResponse:
+    """200 when the database answers; a container's HEALTHCHECK and a load balancer read this. Sync, so
+    Starlette runs it in a worker thread, never on the event loop."""
+    from sqlalchemy import text
+
+    from storage.db import engine_for
+
+    try:
+        with engine_for(settings().database_url).connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as exc:  # the reason goes to the log; the probe only needs up or down
+        log.warning("health check: database: %s", exc)
+        return JSONResponse({"status": "down", "database": "unreachable"}, status_code=503)
+    from .models import loaded_ids
+
+    return JSONResponse({"status": "ok", "database": "ok", "models": [m for m, _ in loaded_ids()]})
+
+
+def app_kwargs() -> dict:
+    """What the FastAPI app under gradio gets: the health route and the upload guard."""
+    return {"routes": [Route(HEALTH_PATH, health, methods=["GET"])], "middleware": [Middleware(NoUploads)]}
+
+
+def auth() -> tuple[str, str] | None:
+    """PLAYGROUND_AUTH=user:password puts gradio's login page in front of everything."""
+    user, sep, password = settings().auth.partition(":")
+    if not settings().auth:
+        return None
+    if not sep or not user or not password:
+        raise SystemExit("error: PLAYGROUND_AUTH must be user:password")
+    return user, password
+
+
+def prepare_database() -> None:
+    """Open and check the database (its path in the error), then mark the runs the last crash cut off."""
+    from storage import default_repository
+    from storage.db import DatabaseUnavailable, check_database
+
+    try:
+        check_database(settings().database_url)
+    except DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    marked = default_repository().mark_interrupted()
+    if marked:
+        log.warning("%s run(s) left running by the last server were marked interrupted", marked)
+
+
+def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None,
+           preload: bool = True) -> None:
+    from visualizers import CSS
+
+    from .models import load_model
+    from .runner import warm_up
+    from .ui import build_app
+
+    prepare_database()                # seconds, before the model's minute: a bad database stops us here
+    if preload:
+        warm_up(load_model())         # convert/cache the default model and time its passes before the first visitor
+    demo = demo or build_app()
+    demo.launch(server_name=host or settings().host, server_port=port or settings().port, css=CSS,
+                footer_links=["api", "gradio"], auth=auth(), max_file_size=1, app_kwargs=app_kwargs())
