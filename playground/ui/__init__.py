@@ -13,6 +13,7 @@ from ..runner import warm_up
 from .common import stream
 from .compare import build_compare_tab
 from .generate import build_generate_tab, request_from_inputs
+from .identity import browser_key_state, new_key
 from .history import build_history_tab, history_rows, open_run
 
 __all__ = ["build_app", "launch", "stream", "request_from_inputs"]
@@ -21,11 +22,12 @@ __all__ = ["build_app", "launch", "stream", "request_from_inputs"]
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="Decoding Playground") as demo:
         greedy_references = gr.State({})     # this browser session's own greedy runs (baseline.py)
+        browser_key = browser_key_state()    # whose runs History lists (identity.py)
         gr.Markdown("## Decoding Playground\nPick a model and a decoding method, press **Generate**, and watch "
                     "the method work. Hover a token for its probability and the alternatives.")
         with gr.Tabs(selected="generate") as tabs:
             with gr.Tab("Generate", id="generate"):
-                build_generate_tab(greedy_references)
+                build_generate_tab(greedy_references, browser_key)
             with gr.Tab("History", id="history"):
                 history = build_history_tab()
             with gr.Tab("Compare", id="compare"):
@@ -40,6 +42,7 @@ def build_app() -> gr.Blocks:
                 return [gr.skip(), gr.skip(), *[gr.skip() for _ in history.outputs]]
             return [gr.Tabs(selected="history"), run_id, *open_run(run_id)]
 
+        demo.load(new_key, browser_key, browser_key, queue=False)
         demo.load(open_from_link, None, [tabs, history.run_id, *history.outputs])
     demo.queue(max_size=32, default_concurrency_limit=1)
     return demo

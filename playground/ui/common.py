@@ -64,7 +64,7 @@ def share_link(run_id: str) -> str:
     return f"Saved as run `{run_id}` · [share link]({base}/?run={run_id})"
 
 
-def stream(prepared: PreparedRun, stop: threading.Event, references: References | None
+def stream(prepared: PreparedRun, stop: threading.Event, references: References | None, owner: str | None = None
            ) -> Iterator[tuple[list[Event], str | None, References | None]]:
     """A run as the page sees it: (events so far, None, None) at each redraw, paced so drawing costs the
     method little, then (all events, saved run id, this user's greedy references updated by the run).
@@ -78,7 +78,7 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
         for event in run:
             events.append(event)
             if isinstance(event, RunStarted):
-                default_repository().start(event)
+                default_repository().start(event, owner=owner)
             if isinstance(event, MetricsEvent):
                 break
             now = time.perf_counter()
@@ -87,7 +87,7 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
                 yield events, None, None                       # the caller draws while we wait here
                 last_draw = time.perf_counter()
                 draw_cost = last_draw - now
-        run_id = default_repository().save(events)
+        run_id = default_repository().save(events, owner=owner)
         saved = True
         yield events, run_id, remember(references, events)
     finally:
@@ -95,4 +95,4 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
             stop.set()
             events.extend(run)
             if events and isinstance(events[-1], MetricsEvent):
-                default_repository().save(events)
+                default_repository().save(events, owner=owner)

@@ -16,6 +16,7 @@ from ..models import EMBEDDED, EMBEDDED_NAME
 from ..prompts import PROMPT_SETS
 from ..runner import GenerationRequest, InvalidRequest, prepare
 from .common import method_help, outputs_for, panel_plots, param_component, share_link, stream
+from .identity import owner_of
 
 # Stop flags of the runs in flight, by browser session; each run removes its own when it ends.
 _stops: dict[str, threading.Event] = {}
@@ -71,7 +72,7 @@ def method_form() -> tuple[gr.Dropdown, gr.Markdown, list[gr.Group], list[Any], 
     return method, help_text, groups, inputs, keys
 
 
-def build_generate_tab(greedy_references: gr.State) -> Form:
+def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState) -> Form:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             model = gr.Textbox(value=settings().default_model, label="Model",
@@ -101,7 +102,7 @@ def build_generate_tab(greedy_references: gr.State) -> Form:
             plots = panel_plots(prefix="plot-")
     form = Form(model, draft, dtype, method, max_new, seed, chat, prompt, param_inputs, param_keys)
 
-    def run(request: gr.Request, references, *inputs):
+    def run(request: gr.Request, references, key, *inputs):
         # gradio injects `request` by position, so the inputs arrive as one flat tuple
         try:
             prepared = prepare(request_from_inputs(param_keys, inputs))
@@ -109,7 +110,7 @@ def build_generate_tab(greedy_references: gr.State) -> Form:
             raise gr.Error(str(exc), print_exception=False)
         stop = _stops[request.session_hash] = threading.Event()
         try:
-            with closing(stream(prepared, stop, references)) as page:   # a closed page stops the run now
+            with closing(stream(prepared, stop, references, owner_of(request, key))) as page:   # a closed page stops the run now
                 for events, run_id, updated in page:
                     outputs = outputs_for(events)
                     yield [outputs[0], share_link(run_id) if run_id else "", *outputs[1:],
@@ -118,7 +119,7 @@ def build_generate_tab(greedy_references: gr.State) -> Form:
             if _stops.get(request.session_hash) is stop:
                 del _stops[request.session_hash]
 
-    gen_inputs = [greedy_references, *form.inputs()]
+    gen_inputs = [greedy_references, browser_key, *form.inputs()]
     gen_outputs = [text, link, metrics, *plots, greedy_references]
     generate_btn.click(run, gen_inputs, gen_outputs, concurrency_limit=1)
     prompt.submit(run, gen_inputs, gen_outputs, concurrency_limit=1)
