@@ -55,17 +55,16 @@ def cmd_generate(args) -> int:
         events.append(event)
         if not args.json and isinstance(event, TokenEvent):
             print(event.text, end="", flush=True)
-    run_id = None
+    run_id, save_error = None, None
     if not args.no_save:
-        from storage import default_repository
-
-        run_id = default_repository().save(events)
+        run_id, save_error = _save(events)
     metrics = events[-1]
     assert isinstance(metrics, MetricsEvent)
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     if args.json:
         print(json.dumps({
             "run_id": run_id,
+            "save_error": save_error,
             "text": "".join(t.text for t in tokens),
             "token_ids": [t.token_id for t in tokens],
             "notices": notices(events),
@@ -78,7 +77,23 @@ def cmd_generate(args) -> int:
             print(f"note: {notice}", file=sys.stderr)
         print(f"[{metrics.new_tokens} tokens, {metrics.tokens_per_s:.1f} tok/s, {metrics.forward_passes} forward passes,"
               f" stopped by {metrics.stop_reason}{', run ' + run_id if run_id else ''}]", file=sys.stderr)
-    return 1 if metrics.stop_reason == "error" else 0
+    if save_error:
+        print(f"error: {save_error}", file=sys.stderr)
+    return 1 if metrics.stop_reason == "error" or save_error else 0
+
+
+def _save(events) -> tuple[str | None, str | None]:
+    """(run id, None), or (None, why) when the database refused the run: its output is printed either way."""
+    from storage import default_repository
+    from storage.db import where
+
+    from .config import settings
+
+    try:
+        return default_repository().save(events), None
+    except Exception as exc:  # locked, read-only, full, corrupt: say so, keep the printed output
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        return None, f"the run was not saved to {where(settings().database_url)}: {reason}"
 
 
 def cmd_serve(args) -> int:
