@@ -1,6 +1,8 @@
-"""Entry point for `python app.py` and Hugging Face Spaces (which imports this file and serves `demo`)."""
+"""Entry point for `python app.py` and Hugging Face Spaces (both SDKs run this file): the database is
+checked, the model warmed up, then the app served (playground/server.py)."""
 
-from playground.ui import build_app, launch
+from playground.server import launch
+from playground.ui import build_app
 
 demo = build_app()
 

@@ -97,7 +97,7 @@ def _save(events) -> tuple[str | None, str | None]:
 
 
 def cmd_serve(args) -> int:
-    from .ui import launch
+    from .server import launch
 
     launch(host=args.host, port=args.port)
     return 0

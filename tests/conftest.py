@@ -105,3 +105,46 @@ def embedded():
     from playground.models import load_model
 
     return load_model("embedded", "float32")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL (scripts/postgres.sh: Debian's package, a unix socket in a temp folder) for
+    the session. Skipped, with the reason, where PostgreSQL or psycopg is absent; .ci/run sets
+    PLAYGROUND_REQUIRE_POSTGRES=1 and installs it, and there a missing server fails instead."""
+    import glob
+    import subprocess
+
+    required = os.environ.get("PLAYGROUND_REQUIRE_POSTGRES") == "1"
+    missing = None
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        missing = "PostgreSQL is not installed (apt-get install postgresql; .ci/run does)"
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            missing = "psycopg is not installed (pip install -r requirements-dev.txt)"
+    if missing:
+        (pytest.fail if required else pytest.skip)(missing)
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "start"], check=True,
+                         capture_output=True, text=True).stdout
+    exported = dict(re.findall(r"export (\w+)='([^']*)'", out))
+    yield exported["DATABASE_URL"]
+    subprocess.run(["bash", str(ROOT / "scripts" / "postgres.sh"), "stop", exported["PLAYGROUND_PG_DIR"]], check=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """A fresh, empty database for one test: a SQLite file in tmp_path, then a new database on the
+    session's PostgreSQL, so a storage test taking this fixture runs against both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'runs.sqlite3'}"
+    import uuid
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    return server.replace("/playground?", f"/{name}?")
