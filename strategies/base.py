@@ -117,6 +117,11 @@ class Strategy:
     def check(self) -> None:
         """Cross-parameter checks (override when a rule spans several parameters)."""
 
+    def own_prompt(self) -> str | None:
+        """The prompt this method builds from its own fields (a passage and a question), or None
+        to use the request's. The runner records it as the run's prompt."""
+        return None
+
     def decode(self, session: DecodeSession) -> Iterator[Event]:
         raise NotImplementedError
 

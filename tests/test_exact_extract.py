@@ -120,9 +120,9 @@ PASSAGE = "Curie was born in Warsaw."
 @pytest.fixture(scope="module")
 def embedded_run(embedded, one_thread):
     tokenizer = embedded.tokenizer
-    session = DecodeSession(embedded.model, tokenizer, embedded.encode_prompt("hi", chat=True), 32,
-                            {tokenizer.eos_token_id}, 0)
     method = ExactExtract(passage=PASSAGE, question="Where was Curie born?", max_span=3, free_tokens=3)
+    session = DecodeSession(embedded.model, tokenizer, embedded.encode_prompt(method.own_prompt(), chat=True), 32,
+                            {tokenizer.eos_token_id}, 0)
     events = list(method.decode(session))
     return session, events
 
@@ -211,3 +211,22 @@ def test_stop_during_the_search_commits_the_best_so_far(embedded, one_thread):
     answer = "".join(e.text for e in events if isinstance(e, TokenEvent))
     assert answer == extract.spans[0]["text"] and answer in PASSAGE
     assert "searching" in render(events).text_html
+
+
+def test_the_fields_alone_make_the_prompt_and_the_run_says_how_it_ended(embedded, one_thread):
+    """An empty prompt box with the passage and question filled is a complete request: the runner takes
+    the method's own prompt, records it as the run's prompt (History shows it), and the span, shorter than
+    the length limit and without an end token, ends the run as "complete", not "length"."""
+    from playground.events import MetricsEvent, RunStarted
+    from playground.runner import GenerationRequest, generate
+
+    fields = {"passage": PASSAGE, "question": "Where was Curie born?", "max_span": 3, "free_tokens": 2}
+    events = generate(GenerationRequest("", strategy="exact_extract", params=fields, max_new_tokens=16), embedded)
+    started, metrics = events[0], events[-1]
+    assert isinstance(started, RunStarted) and isinstance(metrics, MetricsEvent)
+    assert started.prompt == ExactExtract(**fields).own_prompt() and "Passage: " + PASSAGE in started.prompt
+    assert not started.notices
+    assert metrics.stop_reason == "complete" and 0 < metrics.new_tokens < 16
+    other = generate(GenerationRequest("What is the capital of France?", strategy="exact_extract", params=fields,
+                                       max_new_tokens=16), embedded)
+    assert other[0].prompt == started.prompt and any("prompt box was not used" in n for n in other[0].notices)

@@ -191,17 +191,6 @@ def template_prefix(tokenizer) -> str | None:
     return text.split("\x01")[0]
 
 
-def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
-    """As playground/models.py LoadedModel.encode_prompt: the chat template when the run uses it."""
-    if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            tokenize=True)
-        if hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
-    return [int(i) for i in tokenizer(prompt, add_special_tokens=True)["input_ids"]]
-
-
 def parse_prompt(text: str, specials: list[str]) -> tuple[str, str]:
     """'Passage: ... Question: ...' (either order, case-insensitive) -> (passage, question)."""
     p, q = PASSAGE_MARK.search(text), QUESTION_MARK.search(text)
@@ -248,15 +237,18 @@ class ExactExtract(Strategy):
         if bool(self.p["passage"].strip()) != bool(self.p["question"].strip()):
             raise InvalidParameter("give both a passage and a question, or neither (then the prompt is parsed)")
 
+    def own_prompt(self) -> str | None:
+        """With the passage and question fields filled, the model sees PROMPT_TEMPLATE built from them."""
+        passage, question = self.p["passage"].strip(), self.p["question"].strip()
+        return PROMPT_TEMPLATE.format(passage=passage, question=question) if passage else None
+
     def _inputs(self, s) -> tuple[str, str, str]:
         tokenizer = s.tokenizer
+        if self.p["passage"].strip():            # the runner already made the prompt from the fields
+            return self.p["passage"].strip(), self.p["question"].strip(), "fields"
         prefix = template_prefix(tokenizer)
         shown = tokenizer.decode(s.prompt_ids, skip_special_tokens=False)
         chat = prefix is not None and shown.startswith(prefix)
-        if self.p["passage"].strip():
-            passage, question = self.p["passage"].strip(), self.p["question"].strip()
-            s.prompt_ids = encode_prompt(tokenizer, PROMPT_TEMPLATE.format(passage=passage, question=question), chat)
-            return passage, question, "fields"
         specials = list(getattr(tokenizer, "all_special_tokens", []) or [])
         passage, question = parse_prompt(shown[len(prefix):] if chat else shown, specials)
         if not passage:
@@ -271,9 +263,6 @@ class ExactExtract(Strategy):
         eos_ids = sorted(s.eos_ids)
         cache = s.new_cache()
         first = s.prefill(cache)
-        if source == "fields":
-            yield NoticeEvent("extract_prompt", "The model saw the method's own prompt built from the passage and "
-                                                "question fields (the run's prompt box was not used).")
         free = self._free_answer(s, cache, first)
 
         def event(result: SearchResult, done: bool) -> ExtractEvent:
