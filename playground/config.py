@@ -59,6 +59,7 @@ class Settings:
     concurrency: int         # generations running at once (the model is shared)
     auth: str                # "user:password" puts a login in front of the app; empty: open
     trust_proxy: bool        # a proxy in front sets X-Forwarded-For (Spaces): use it to tell visitors apart
+    warm_up: bool            # time the model's passes and greedy rate at start-up (off: a faster start, for tests)
 
     @staticmethod
     def from_env() -> "Settings":
@@ -89,6 +90,7 @@ class Settings:
             queue_size=max(1, int(_env("PLAYGROUND_QUEUE_SIZE", "64"))),
             concurrency=max(1, int(_env("PLAYGROUND_CONCURRENCY", "1"))),
             auth=_env("PLAYGROUND_AUTH", ""),
+            warm_up=_flag("PLAYGROUND_WARM_UP", True),
             trust_proxy=_flag("PLAYGROUND_TRUST_PROXY", bool(os.environ.get("SPACE_ID"))),
         )
 

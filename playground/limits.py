@@ -18,7 +18,7 @@ from typing import Any, Callable
 from .config import settings
 
 GENERATION = "generation"   # the gradio concurrency group of every event that runs a model
-BURST_S = 3.0               # admissions this recent count as queued even before gradio shows them
+BURST_S = 1.0               # admissions this recent count as queued: gradio shows an event in its queue a moment after
 
 
 def client_key(request: Any) -> str:
@@ -96,3 +96,13 @@ class _EventRequest:
         self.username = event.username
         self.headers = event.request.headers if event.request is not None else {}
         self.client = event.request.client if event.request is not None else None
+
+
+def admit_request(limits: ClientLimits, request: Any) -> str | None:
+    """The door check for one gr.Request: None (admitted) or the message; the app's Blocks (for its queue)
+    is found through the request, so the ledger needs no reference to the app."""
+    client = client_key(request)
+    app = getattr(getattr(request, "request", None), "app", None)
+    blocks = app.get_blocks() if app is not None and hasattr(app, "get_blocks") else None
+    busy, wait_s = queued_for(blocks, client)
+    return limits.admit(client, busy, wait_s)

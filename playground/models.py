@@ -295,13 +295,19 @@ def resolve_id(model_id: str | None) -> str:
 def load_model(model_id: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load (once, kept while among the PLAYGROUND_MODEL_CACHE most recently used) and return a model;
     raises ModelLoadError with a clear message."""
+    asked = model_id
     model_id = resolve_id(model_id)
     dtype = dtype or settings().default_dtype
     key = (model_id, dtype)
     with _lock:
         if key not in _cache:
             torch.set_num_threads(settings().threads)
-            _cache[key] = _load(model_id, dtype)
+            try:
+                _cache[key] = _load(model_id, dtype)
+            except ModelLoadError as exc:   # say it with the caller's spelling: a resolved path would reveal symlinks
+                if asked and asked.strip() != model_id:
+                    raise ModelLoadError(str(exc).replace(_shown(model_id), _shown(asked.strip()))) from None
+                raise
         _touch(key)
         loaded = _cache[key]
         _evict()

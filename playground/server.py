@@ -95,7 +95,9 @@ def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | N
 
     prepare_database()                # seconds, before the model's minute: a bad database stops us here
     if preload:
-        warm_up(load_model())         # convert/cache the default model and time its passes before the first visitor
+        loaded = load_model()         # convert/cache the default model before the first visitor
+        if settings().warm_up:
+            warm_up(loaded)           # and time its passes while no visitor competes
     demo = demo or build_app()
     demo.launch(server_name=host or settings().host, server_port=port or settings().port, css=CSS,
                 footer_links=["api", "gradio"], auth=auth(), max_file_size=1, app_kwargs=app_kwargs())

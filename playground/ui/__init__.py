@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from visualizers import CSS
-
 from ..config import settings
-from ..models import load_model
-from ..runner import warm_up
 from .common import stream
 from .compare import build_compare_tab
 from .generate import build_generate_tab, request_from_inputs
@@ -31,8 +27,8 @@ def build_app() -> gr.Blocks:
             with gr.Tab("History", id="history"):
                 history = build_history_tab()
             with gr.Tab("Compare", id="compare"):
-                build_compare_tab()
-        tabs.select(history_rows, None, history.table)
+                compare = build_compare_tab(greedy_references, browser_key)   # noqa: F841 (compare.saved_ids: History fills it)
+        tabs.select(history_rows, None, history.table, queue=False)
 
         def open_from_link(request: gr.Request):
             from storage import default_repository
@@ -43,17 +39,14 @@ def build_app() -> gr.Blocks:
             return [gr.Tabs(selected="history"), run_id, *open_run(run_id)]
 
         demo.load(new_key, browser_key, browser_key, queue=False)
-        demo.load(open_from_link, None, [tabs, history.run_id, *history.outputs])
-    demo.queue(max_size=32, default_concurrency_limit=1)
+        demo.load(open_from_link, None, [tabs, history.run_id, *history.outputs], queue=False)
+    # api_open=False: queued events only through the queue (its validator: limits.py), never by direct POST
+    demo.queue(max_size=settings().queue_size, default_concurrency_limit=1, api_open=False)
     return demo
 
 
 def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None, preload: bool = True):
-    from storage import default_repository
+    """Kept for callers of playground.ui.launch: the start-up order lives in playground/server.py."""
+    from ..server import launch as serve
 
-    default_repository().mark_interrupted()   # rows still "running" were cut off when the server last died
-    if preload:
-        warm_up(load_model())   # convert/cache the default model and time its passes before the first visitor
-    demo = demo or build_app()
-    demo.launch(server_name=host or settings().host, server_port=port or settings().port, css=CSS,
-                footer_links=["api", "gradio"])
+    serve(demo, host, port, preload)

@@ -4,6 +4,7 @@ widgets, and streaming a run to the page (paced, saved at the end, stopped with 
 from __future__ import annotations
 
 import html
+import logging
 import threading
 import time
 from typing import Any, Iterator
@@ -16,8 +17,10 @@ from visualizers import PANELS, render
 
 from ..baseline import References, remember
 from ..config import settings
-from ..events import Event, MetricsEvent, RunStarted, TokenEvent
+from ..events import Event, MetricsEvent, NoticeEvent, RunStarted, TokenEvent
 from ..runner import PreparedRun, execute
+
+log = logging.getLogger(__name__)
 
 # Drawing must cost the generator under 10 % of its time: redraw at most every MIN_INTERVAL_S,
 # and never sooner than RENDER_FACTOR x the last drawing's cost.
@@ -64,6 +67,20 @@ def share_link(run_id: str) -> str:
     return f"Saved as run `{run_id}` · [share link]({base}/?run={run_id})"
 
 
+def _saving(write) -> tuple[object, str | None]:
+    """(what `write` returned, None), or (None, why the database refused it): a failed save never ends
+    the run or loses its output."""
+    from storage.db import where
+
+    try:
+        return write(), None
+    except Exception as exc:  # locked, read-only, full, gone: one line for the page, the rest to the log
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        log.warning("run not saved: %s", exc)
+        return None, (f"This run was not saved (the database {where(settings().database_url)} refused it: "
+                      f"{reason}); its output is only on this page.")
+
+
 def stream(prepared: PreparedRun, stop: threading.Event, references: References | None, owner: str | None = None
            ) -> Iterator[tuple[list[Event], str | None, References | None]]:
     """A run as the page sees it: (events so far, None, None) at each redraw, paced so drawing costs the
@@ -78,7 +95,7 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
         for event in run:
             events.append(event)
             if isinstance(event, RunStarted):
-                default_repository().start(event, owner=owner)
+                _saving(lambda: default_repository().start(event, owner=owner))   # failing: saved whole at the end
             if isinstance(event, MetricsEvent):
                 break
             now = time.perf_counter()
@@ -87,7 +104,9 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
                 yield events, None, None                       # the caller draws while we wait here
                 last_draw = time.perf_counter()
                 draw_cost = last_draw - now
-        run_id = default_repository().save(events, owner=owner)
+        run_id, refusal = _saving(lambda: default_repository().save(events, owner=owner))
+        if refusal:   # the output stays on the page, and the page says why it is not in History
+            events.insert(len(events) - 1, NoticeEvent("not saved", refusal))
         saved = True
         yield events, run_id, remember(references, events)
     finally:
@@ -95,4 +114,4 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
             stop.set()
             events.extend(run)
             if events and isinstance(events[-1], MetricsEvent):
-                default_repository().save(events, owner=owner)
+                _saving(lambda: default_repository().save(events, owner=owner))

@@ -12,6 +12,8 @@ import gradio as gr
 from strategies import REGISTRY
 
 from ..config import settings
+from ..gpu import on_gpu
+from ..limits import GENERATION, ClientLimits, admit_request
 from ..models import EMBEDDED, EMBEDDED_NAME
 from ..prompts import PROMPT_SETS
 from ..runner import GenerationRequest, InvalidRequest, prepare
@@ -102,6 +104,7 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
             plots = panel_plots(prefix="plot-")
     form = Form(model, draft, dtype, method, max_new, seed, chat, prompt, param_inputs, param_keys)
 
+    @on_gpu
     def run(request: gr.Request, references, key, *inputs):
         # gradio injects `request` by position, so the inputs arrive as one flat tuple
         try:
@@ -121,8 +124,23 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
 
     gen_inputs = [greedy_references, browser_key, *form.inputs()]
     gen_outputs = [text, link, metrics, *plots, greedy_references]
-    generate_btn.click(run, gen_inputs, gen_outputs, concurrency_limit=1)
-    prompt.submit(run, gen_inputs, gen_outputs, concurrency_limit=1)
+    limits = ClientLimits.from_settings()     # this app's ledger: rate and queue share per visitor (limits.py)
+
+    shown_at = next(i for i, c in enumerate(gen_inputs) if c is prompt)   # the refusal shows on the prompt box
+
+    def admit(request: gr.Request, *inputs):
+        """Runs when a generation asks to join the queue, before it takes a place: a flood is refused here.
+        gradio wants one verdict per input."""
+        refusal = admit_request(limits, request)
+        verdicts = [gr.validate(True, "") for _ in gen_inputs]
+        if refusal:
+            verdicts[shown_at] = gr.validate(False, refusal)
+        return verdicts
+
+    # one concurrency group for everything that runs a model; reads are queue=False and never wait behind it
+    for trigger in (generate_btn.click, prompt.submit):
+        trigger(run, gen_inputs, gen_outputs, concurrency_limit=settings().concurrency, concurrency_id=GENERATION,
+                validator=admit)
 
     def stop_run(request: gr.Request):
         if request.session_hash in _stops:

@@ -45,16 +45,17 @@ class HistoryTab:
         self.metrics = gr.HTML()
         self.plots = panel_plots()
         self.outputs = [self.link, self.text, self.metrics, *self.plots]
-        self.open.click(open_run, self.run_id, self.outputs)
-        self.run_id.submit(open_run, self.run_id, self.outputs)
-        self.refresh.click(history_rows, None, self.table)
+        # reads never queue behind generations (queue=False: answered at once, even while the queue is full)
+        self.open.click(open_run, self.run_id, self.outputs, queue=False)
+        self.run_id.submit(open_run, self.run_id, self.outputs, queue=False)
+        self.refresh.click(history_rows, None, self.table, queue=False)
 
         def select_row(evt: gr.SelectData):
             row = evt.row_value if evt.row_value else None
             run_id = row[0] if row else ""
             return [run_id, *open_run(run_id)]
 
-        self.table.select(select_row, None, [self.run_id, *self.outputs])
+        self.table.select(select_row, None, [self.run_id, *self.outputs], queue=False)
 
 
 def build_history_tab() -> HistoryTab:
