@@ -128,3 +128,18 @@ def test_beam_first_step_stays_in_the_tree(tiny_model, tiny_tokenizer):
         path.append(nodes[chosen].token_id)
         chosen = nodes[chosen].parent
     assert path[::-1] == [e.token_id for e in events if isinstance(e, TokenEvent)]
+
+
+def test_method_trace_gives_each_number_its_own_axis():
+    """A count (1-3 drafts) and a score (down to -170) on one axis flatten the count: each per-step
+    number gets its own panel and y axis over a shared step axis."""
+    from visualizers.traces import method_trace_figure
+
+    tokens = [TokenEvent(index=i, token_id=1, text="a", logprob=-0.1, entropy=1.0, alternatives=[],
+                         extra={"draft score": -10.0 * i, "distinct drafts": float(1 + i % 3)}) for i in range(6)]
+    fig = method_trace_figure(tokens)
+    axes = {trace.name: trace.yaxis for trace in fig.data}
+    assert set(axes) == {"draft score", "distinct drafts"} and len(set(axes.values())) == 2
+    counts = next(t for t in fig.data if t.name == "distinct drafts")
+    assert list(counts.y) == [1.0, 2.0, 3.0, 1.0, 2.0, 3.0] and list(counts.x) == list(range(6))
+    assert [a.text for a in fig.layout.annotations] == ["draft score", "distinct drafts"]

@@ -230,3 +230,16 @@ def test_the_fields_alone_make_the_prompt_and_the_run_says_how_it_ended(embedded
     other = generate(GenerationRequest("What is the capital of France?", strategy="exact_extract", params=fields,
                                        max_new_tokens=16), embedded)
     assert other[0].prompt == started.prompt and any("prompt box was not used" in n for n in other[0].notices)
+
+
+def test_the_best_span_has_the_longest_bar():
+    """Scores are log-probabilities (negative): drawn as such, the best span had the SHORTEST bar."""
+    from visualizers.extract import extract_figure
+
+    spans = [{"start_char": 0, "end_char": 5, "text": t, "logprob": lp, "span_logprob": lp, "end_logprob": -0.1,
+              "rank": r, "tokens": 1} for r, (t, lp) in enumerate([("Curie", -1.5), ("Warsaw", -4.0), ("born", -900.0)], 1)]
+    event = ExtractEvent(passage=PASSAGE, question="q", spans=spans, free_answer="", chosen=0, done=True, starts=3,
+                         starts_scored=3, spans_scored=3, pruned=0, search_passes=1, source="fields")
+    bars = extract_figure([event]).data[0]
+    lengths = dict(zip((y.split(" ", 1)[1] for y in bars.y), bars.x))
+    assert lengths["Curie"] > lengths["Warsaw"] > lengths["born"] > 0     # longest = best; never 0 on a log axis

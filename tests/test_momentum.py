@@ -13,8 +13,8 @@ import torch
 from playground.decoding import DecodeSession
 from playground.events import MomentumStepEvent, NoticeEvent, StatsEvent, TokenEvent, from_dicts, to_dicts
 from strategies import REGISTRY, InvalidParameter
-from strategies.single_pass.momentum import (RepetitionMeter, TokenGraph, choose, parse_resistance,
-                                             repetition_rates)
+from strategies.single_pass.momentum import (LABEL_KEY, LENGTH_KEY, RepetitionMeter, TokenGraph, choose,
+                                             parse_resistance, repetition_rates)
 from visualizers import render
 
 PROMPTS = [[5, 17, 33], [1, 2, 3, 4, 5, 6, 7, 8], [42, 42, 42, 7]]
@@ -131,7 +131,7 @@ def test_invariants_on_real_runs(tiny_model, tiny_tokenizer, one_thread):
                 assert step.candidates[0]["token_id"] == token.alternatives[0].token_id  # greedy first
                 assert step.new_node == (token.token_id not in history)
                 history.append(token.token_id)
-                assert token.extra["label"] == step.label and token.extra["l"] == step.candidates[step.chosen]["l"]
+                assert token.extra[LABEL_KEY] == step.label and token.extra[LENGTH_KEY] == step.candidates[step.chosen]["l"]
 
 
 def test_every_candidate_blocked_falls_back_to_greedy_and_says_so(tiny_model, tiny_tokenizer, one_thread):
@@ -185,15 +185,34 @@ def test_resistance_table_parses_inf_and_spaces():
     assert REGISTRY["momentum"]().table == (0, 1, 3, 4, 5, 5)
 
 
+def _walk(n: int, prompt: int = 1) -> list[MomentumStepEvent]:
+    """A prompt of `prompt` tokens (a chain), then n output steps each adding a new token after the last."""
+    def step(i):
+        return MomentumStepEvent(step=i, candidates=[{"token_id": prompt + i, "text": f" t{prompt + i}", "p": 0.5,
+                                                      "l": 0, "penalty": 0.0, "score": 0.5}],
+                                 chosen=0, label=0, source=prompt + i - 1, target=prompt + i, new_node=True,
+                                 edge_visits=1, prompt_nodes=[[j, f" t{j}"] for j in range(prompt)] if i == 0 else [],
+                                 prompt_edges=[[j, j + 1, 1] for j in range(prompt - 1)] if i == 0 else [])
+    return [step(i) for i in range(n)]
+
+
+def _shown(fig) -> list[str]:
+    return [t for trace in fig.data if trace.mode == "markers+text" for t in trace.text]
+
+
 def test_a_large_graph_keeps_the_newest_nodes():
     from visualizers.momentum import MAX_GRAPH_NODES, momentum_graph_figure
 
     n = MAX_GRAPH_NODES + 50
-    step = MomentumStepEvent(step=0, candidates=[{"token_id": n, "text": " new", "p": 0.5, "l": 0, "penalty": 0.0,
-                                                  "score": 0.5}],
-                             chosen=0, label=0, source=n - 1, target=n, new_node=True, edge_visits=1,
-                             prompt_nodes=[[i, f" t{i}"] for i in range(n)],
-                             prompt_edges=[[i, i + 1, 1] for i in range(n - 1)])
-    fig = momentum_graph_figure([step])
-    shown = [t for trace in fig.data if trace.mode == "markers+text" for t in trace.text]
-    assert len(shown) == MAX_GRAPH_NODES and " new" in shown and " t0" not in shown
+    shown = _shown(momentum_graph_figure(_walk(n)))
+    assert len(shown) == MAX_GRAPH_NODES and f" t{n}" in shown and " t0" not in shown
+
+
+def test_prompt_tokens_the_output_never_passed_through_are_not_drawn():
+    """A chat template's system text crowded the graph: only nodes on the output's walk are drawn
+    (the last prompt token, where the walk starts, included), and the title counts the rest."""
+    from visualizers.momentum import momentum_graph_figure
+
+    fig = momentum_graph_figure(_walk(3, prompt=20))
+    assert sorted(_shown(fig)) == sorted([" t19", " t20", " t21", " t22"])
+    assert "19 prompt tokens" in fig.layout.title.text

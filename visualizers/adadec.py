@@ -9,9 +9,10 @@ import plotly.graph_objects as go
 
 from playground.events import Event, PauseEvent, TokenEvent
 
+from .layout import LEGEND_BELOW, margins
 from .text import plot_text, visible
 
-LAYOUT = dict(margin=dict(l=50, r=30, t=50, b=40), legend=dict(orientation="h", y=-0.25))
+LAYOUT = dict(margin=margins(right=30, top=50), legend=LEGEND_BELOW)
 MAX_PAUSES_SHOWN = 60          # the slider holds the latest pauses (a long run keeps its figure small)
 
 
@@ -74,8 +75,8 @@ def pauses_figure(events: list[Event]) -> go.Figure | None:
 
     def title(p: PauseEvent) -> str:
         theta = "inf" if p.threshold is None or not math.isfinite(p.threshold) else f"{p.threshold:.3f}"
-        return (f"Pause at step {p.step}: H = {p.entropy:.3f} >= theta = {theta}; score = mean log p of candidate + "
-                f"rollout; {p.forward_passes} rollout passes")
+        return (f"Pause at step {p.step}: H = {p.entropy:.3f} >= theta = {theta} nats; {p.forward_passes} rollout passes"
+                "<br><sup>score = mean log p of the candidate and its greedy rollout</sup>")
 
     if len(pauses) > 1:
         fig.update_layout(sliders=[dict(
@@ -85,5 +86,5 @@ def pauses_figure(events: list[Event]) -> go.Figure | None:
                    for i, p in enumerate(pauses)])])
     shown = "" if total == len(pauses) else f" (latest {len(pauses)} of {total})"
     fig.update_layout(title=title(pauses[-1]) + shown, height=260 + 30 * max(len(p.candidates) for p in pauses),
-                      margin=dict(l=20, r=20, t=50, b=20))
+                      margin=dict(l=20, r=20, t=70, b=20))
     return fig

@@ -3,6 +3,8 @@ and greedy's free answer beside them. Everything from the user or the model is e
 
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 
 from playground.events import Event, ExtractEvent
@@ -24,6 +26,10 @@ def _chosen(event: ExtractEvent) -> dict | None:
     return event.spans[event.chosen]
 
 
+def _count(n: int, noun: str, plural: str = "s") -> str:
+    return f"{n} {noun}{'' if n == 1 else plural}"
+
+
 def extract_html(events: list[Event]) -> str:
     """The passage, its chosen span marked, the ranked spans and greedy's free answer. "" without an extract."""
     event = latest(events)
@@ -39,7 +45,7 @@ def extract_html(events: list[Event]) -> str:
         marked = esc(passage)
     state = "best span (exact)" if event.done else "searching: best span so far"
     progress = (f"{event.starts_scored} of {event.starts} start positions scored, {event.pruned} pruned by the "
-                f"bound, {event.spans_scored} spans, {event.search_passes} batched passes")
+                f"bound, {_count(event.spans_scored, 'span')}, {_count(event.search_passes, 'batched pass', 'es')}")
     rows = []
     for index, span in enumerate(event.spans):
         style = "font-weight:600;background:#f1faf1;" if index == event.chosen else ""
@@ -69,10 +75,13 @@ def extract_figure(events: list[Event]) -> go.Figure | None:
     spans = event.spans[::-1]
     labels = [f'#{int(s["rank"])} {plot_text(visible(s["text"]))[:60]}' for s in spans]
     colours = ["#2ca02c" if s is _chosen(event) else "#9ecae1" for s in spans]
-    fig = go.Figure(go.Bar(x=[float(s["logprob"]) for s in spans], y=labels, orientation="h", marker_color=colours,
-                           textposition="none",
-                           hovertemplate="%{y}<br>log p(span) + log p(end) = %{x:.3f}<extra></extra>"))
-    title = "Top spans: log p(span) + log p(end)" + ("" if event.done else " (searching)")
+    # probabilities on a log axis: the best span has the longest bar (log-probabilities hung down from 0)
+    fig = go.Figure(go.Bar(x=[math.exp(max(float(s["logprob"]), -690.0)) for s in spans], y=labels, orientation="h",
+                           marker_color=colours, textposition="none", customdata=[float(s["logprob"]) for s in spans],
+                           hovertemplate="%{y}<br>p(span) p(end) = %{x:.3g}<br>log = %{customdata:.3f} nats"
+                                         "<extra></extra>"))
+    title = "Top spans: p(span) x p(end of answer)" + ("" if event.done else " (searching)")
     layout = dict(LAYOUT, height=max(280, 60 + 24 * len(spans)))
-    fig.update_layout(title=title, xaxis_title="log-probability (nats)", yaxis_type="category", **layout)
+    fig.update_layout(title=title, xaxis_title="probability (log scale)", xaxis_type="log", yaxis_type="category",
+                      **layout)
     return fig

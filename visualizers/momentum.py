@@ -9,9 +9,10 @@ import plotly.graph_objects as go
 
 from playground.events import Event, MomentumStepEvent
 
+from .layout import LEGEND_BELOW, margins
 from .text import plot_text, visible
 
-LAYOUT = dict(height=320, margin=dict(l=50, r=30, t=40, b=40), legend=dict(orientation="h", y=-0.2))
+LAYOUT = dict(height=340, margin=margins(right=30), legend=LEGEND_BELOW)
 MAX_GRAPH_NODES = 400          # beyond this the drawing is unreadable and the layout slow: keep the newest nodes
 LABELS = {0: "greedy token new", 1: "greedy kept, a repeat", 2: "greedy overridden"}
 
@@ -51,6 +52,10 @@ def momentum_graph_figure(events: list[Event]) -> go.Figure | None:
     if not steps:
         return None
     graph, texts, generated = token_graph(steps)
+    # the prompt's tokens the output never walked through (a chat template's system text) only crowd the view
+    walked = {n for a, b, d in graph.edges(data=True) if d["last"] >= 0 for n in (a, b)} | generated
+    hidden = graph.number_of_nodes() - len(walked)
+    graph = graph.subgraph(walked).copy()
     if graph.number_of_nodes() > MAX_GRAPH_NODES:
         keep = sorted(graph.nodes, key=lambda n: graph.nodes[n].get("order", 0))[-MAX_GRAPH_NODES:]
         graph = graph.subgraph(keep).copy()
@@ -82,8 +87,10 @@ def momentum_graph_figure(events: list[Event]) -> go.Figure | None:
             hovertemplate="%{text} (id %{customdata[0]})<br>entered from %{customdata[1]} token(s)<extra></extra>"))
     revisits = sum(1 for _, _, d in graph.edges(data=True) if d["visits"] > 1)
     fig.update_layout(title=f"Token graph: {graph.number_of_nodes()} nodes, {revisits} revisited edges "
-                            f"(green arrow: step {latest.step})",
-                      xaxis=dict(visible=False), yaxis=dict(visible=False), **{**LAYOUT, "height": 420})
+                            f"(green arrow: step {latest.step})<br><sup>{hidden} prompt tokens the output never "
+                            "passed through are not drawn</sup>",
+                      xaxis=dict(visible=False), yaxis=dict(visible=False),
+                      **{**LAYOUT, "height": 420, "margin": margins(right=30, top=60)})
     return fig
 
 

@@ -15,9 +15,10 @@ import plotly.graph_objects as go
 
 from playground.events import Event, LaneEvent, LaneTokenEvent, MetricsEvent, PopulationEvent
 
+from .layout import LEGEND_BELOW, margins
 from .text import esc, plot_text, visible
 
-LAYOUT = dict(margin=dict(l=50, r=50, t=40, b=90), legend=dict(orientation="h", y=-0.35))   # under the axis title
+LAYOUT = dict(margin=margins(), legend=LEGEND_BELOW)
 FATE_COLOURS = {"live": "#1f77b4", "finished": "#ff7f0e", "pruned": "#7f7f7f", "dropped": "#c7c7c7",
                 "unfinished": "#8c564b", "chosen": "#2ca02c"}
 HOVER_CHARS = 400           # a lane's text on hover: its last characters (the whole text is in the lane cards)

@@ -16,9 +16,10 @@ import plotly.graph_objects as go
 
 from playground.events import Event, LayerAcceptanceEvent, VerifyEvent
 
+from .layout import LEGEND_BELOW, margins
 from .text import plot_text, visible
 
-LAYOUT = dict(height=320, margin=dict(l=50, r=50, t=50, b=60), legend=dict(orientation="h", y=-0.25))
+LAYOUT = dict(height=340, margin=margins(top=50), legend=LEGEND_BELOW)
 
 
 def _latest(events: list[Event], kind: type, where=lambda e: True):

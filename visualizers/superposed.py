@@ -9,9 +9,12 @@ import plotly.graph_objects as go
 
 from playground.events import Event, SuperposedStepEvent
 
+from strategies.single_pass.superposed import SUFFIX
+
+from .layout import LEGEND_BELOW, margins
 from .text import plot_text, visible
 
-LAYOUT = dict(margin=dict(l=50, r=50, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+LAYOUT = dict(margin=margins(top=50), legend=LEGEND_BELOW)
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 TEXT_CHARS = 600           # a draft's text in the table: its last characters
 
@@ -43,7 +46,8 @@ def drafts_figure(events: list[Event]) -> go.Figure | None:
     fig = go.Figure(go.Table(header=dict(values=headers, align="left", fill_color="#eef2f7"),
                              cells=dict(values=cells, align="left", height=30)))
     state = "finished (EOS)" if last.finished else f"step {last.step + 1}"
-    fig.update_layout(title=f"Drafts ({state}; {last.distinct} distinct; n-gram {'on' if last.ngram else 'off'})",
+    fig.update_layout(title=f"Drafts ({state}; {last.distinct} of {len(last.drafts)} differ in their last "
+                            f"{SUFFIX} tokens; n-gram {'on' if last.ngram else 'off'})",
                       height=260 + 14 * max(len(t) for t in last.drafts) // 60, **LAYOUT)
     return fig
 
@@ -62,9 +66,10 @@ def superposition_figure(events: list[Event]) -> go.Figure | None:
         hover = [plot_text(repr(visible(e.last_tokens[d]))) if d < len(e.last_tokens) else "" for e in steps]
         fig.add_bar(x=x, y=y, name=f"draft {d + 1}", marker_color=PALETTE[d % len(PALETTE)], customdata=hover,
                     hovertemplate="step %{x}<br>weight %{y:.3f}<br>last token %{customdata}<extra></extra>")
-    fig.add_scatter(x=x, y=[e.distinct for e in steps], name="distinct drafts", yaxis="y2", mode="lines+markers",
+    fig.add_scatter(x=x, y=[e.distinct for e in steps], name=f"distinct drafts (last {SUFFIX} tokens)", yaxis="y2", mode="lines+markers",
                     line=dict(color="black", width=1.5), hovertemplate="step %{x}<br>%{y} distinct<extra></extra>")
-    fig.update_layout(barmode="stack", title="Superposition weights per step (and distinct drafts)",
+    fig.update_layout(barmode="stack", title="Superposition weights per step (softmax of the drafts' cumulative "
+                                             "scores: at a low temperature one draft soon takes nearly all)",
                       xaxis_title="step", yaxis=dict(title="weight", range=[0, 1]),
                       yaxis2=dict(title="distinct drafts", overlaying="y", side="right", range=[0, k + 0.5],
                                   dtick=1), height=340, **LAYOUT)

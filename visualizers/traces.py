@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from playground.events import Event, TokenEvent
 
+from .layout import LEGEND_BELOW, margins
 from .text import plot_text, visible
 
-LAYOUT = dict(height=280, margin=dict(l=50, r=50, t=40, b=40), legend=dict(orientation="h", y=-0.25))
+LAYOUT = dict(height=320, margin=margins(), legend=LEGEND_BELOW)
 
 
 def _tokens(events: list[Event]) -> list[TokenEvent]:
@@ -54,12 +56,22 @@ def probability_figure(events: list[Event]) -> go.Figure | None:
 
 
 def method_trace_figure(events: list[Event]) -> go.Figure | None:
+    """A method's own per-step numbers (TokenEvent.extra), one small panel each over a shared step axis:
+    a count (1-3 drafts) and a score (down to -170) on one axis would flatten one of them."""
     tokens = [t for t in _tokens(events) if t.extra]
     if not tokens:
         return None
-    fig = go.Figure()
-    for key in dict.fromkeys(k for t in tokens for k in t.extra):
+    keys = list(dict.fromkeys(k for t in tokens for k in t.extra))
+    fig = make_subplots(rows=len(keys), cols=1, shared_xaxes=True, vertical_spacing=0.06 if len(keys) > 1 else 0,
+                        subplot_titles=[plot_text(k) for k in keys])
+    for row, key in enumerate(keys, 1):
         pts = [(t.index, t.extra[key]) for t in tokens if key in t.extra]
-        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=plot_text(key)))
-    fig.update_layout(title="Method trace", xaxis_title="step", **LAYOUT)
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                 name=plot_text(key), marker=dict(size=4),
+                                 hovertemplate="step %{x}<br>%{y:.4g}<extra>" + plot_text(key) + "</extra>"),
+                      row=row, col=1)
+    fig.update_xaxes(title_text="step", row=len(keys), col=1)
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title="Method trace (the method's own per-step numbers)", showlegend=False,
+                      **{**LAYOUT, "height": 120 + 110 * len(keys), "margin": dict(l=50, r=30, t=60, b=40)})
     return fig

@@ -28,6 +28,10 @@ from ..base import InvalidParameter, Param, Strategy
 DEFAULT_RESISTANCE = "0,1,3,4,5,5"
 MAX_TABLE = 16
 REP_ORDERS = (2, 3, 4)
+# the chosen token's per-step numbers (the method trace's panel titles)
+LENGTH_KEY = "l: length of the n-gram the token would repeat (0 = new edge)"
+LABEL_KEY = "label: 0 greedy token new, 1 greedy kept though a repeat, 2 greedy overridden"
+PENALTY_KEY = "penalty alpha * R(l)"
 
 
 def parse_resistance(text: str) -> tuple[float, ...]:
@@ -210,11 +214,11 @@ class Momentum(Strategy):
             prompt_edges = [[a, b, d["visits"]] for a, b, d in graph.graph.edges(data=True)] if first else []
             new_node, visits = graph.add(token)
             meter.add(token)
-            extra = {"l": float(lengths[index]), "label": float(label)}
+            extra = {LENGTH_KEY: float(lengths[index]), LABEL_KEY: float(label)}
             if blocked:                            # the chosen token's penalty is infinite: not a number to plot
-                extra["blocked"] = 1.0
+                extra["blocked (R = inf)"] = 1.0
             else:
-                extra["penalty"] = penalties[index]
+                extra[PENALTY_KEY] = penalties[index]
             # the step's view first: the UI draws at the first token, and the graph should be there
             yield MomentumStepEvent(
                 step=step,

@@ -29,6 +29,7 @@ from .ngrams import NGramModel, NGramTable, corpus_table, encode
 
 DEFAULT_WEIGHTS = "0.01 0.04 0.15 0.18 0.12"
 SUFFIX = 4                 # drafts count as distinct when their last SUFFIX tokens differ
+DISTINCT_KEY = f"distinct drafts (last {SUFFIX} tokens differ)"
 MAX_USER_TEXT = 20_000
 
 
@@ -159,7 +160,7 @@ class Superposed(Strategy):
             drafts, scores, described = new_drafts, new_scores, new_described
             n_distinct = distinct_drafts(drafts)
             for events in described:
-                events[-1].extra["distinct drafts"] = float(n_distinct)
+                events[-1].extra[DISTINCT_KEY] = float(n_distinct)
             last = step + 1 >= s.max_new_tokens or finished
             if not last:
                 emb, weights, merged = superpose(embedding, [d[-1] for d in drafts], scores)
@@ -175,7 +176,7 @@ class Superposed(Strategy):
                                  "ngram_logprob": (None if b is None else (b if b > -math.inf else None)),
                                  "score": r, "total": t, "kept": (d, j) in kept}
                                 for t, d, j, a, b, r in cands])
-                yield StatsEvent({"distinct drafts": float(n_distinct), "drafts": float(len(drafts))})
+                yield StatsEvent({DISTINCT_KEY: float(n_distinct), "drafts": float(len(drafts))})
             except StopRun:
                 yield NoticeEvent("superposed", f"Stopped: the output is the best draft so far ({len(drafts[0])} "
                                                 "tokens).")

@@ -65,7 +65,8 @@ class Fit:
                     f"entropy did not predict rank-1 errors).")
         return (f"Threshold {self.threshold:.3f} nats, fitted for this model on {self.observations} reference "
                 f"tokens ({self.rank1} ranked 1): P(rank 1) = sigmoid({self.weight:.2f} H + {self.bias:.2f}), "
-                f"cut {self.cut:.2f}, balanced accuracy {self.balanced_accuracy:.2f}.")
+                f"pausing where P(rank 1) < {self.cut:.2f} (a probability), balanced accuracy "
+                f"{self.balanced_accuracy:.2f}.")
 
 
 def _prompt_ids(tokenizer, question: str) -> list[int]:
