@@ -100,8 +100,9 @@ def test_passes_per_pause_and_the_cache_holds_only_committed_tokens(tiny_model, 
         if isinstance(event, PauseEvent):
             # the rollouts of this pause, plus the step's own pass that produced its logits
             step_passes = session.forward_passes - passes_before
-            assert event.forward_passes == step_passes - 1 <= B * L
-            assert step_passes <= 1 + B * L
+            # the B rollouts run as one batch: L passes a pause, not B x L (the bound, 1 + B L, holds)
+            assert event.forward_passes == step_passes - 1 <= L
+            assert step_passes <= 1 + L
             # after the rollouts, the cache holds the prompt and the committed tokens, nothing else
             held = assert_cache_holds(caches[0], tiny_model, PROMPTS[0] + session.output_ids)
             assert held == len(PROMPTS[0]) + len(session.output_ids)

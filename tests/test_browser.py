@@ -424,7 +424,7 @@ def test_particle_filter_streams_its_lanes_weights_and_ancestry(server, page, cl
     expect(chosen).to_have_count(1)
     assert chosen.text_content() == answer                          # the committed answer is the chosen lane's text
     m = metrics_table(page)
-    assert m["method"] == LANE_METHOD and m["stopped by"] in ("eos", "length"), m
+    assert m["method"] == LANE_METHOD and m["stopped by"] in ("eos", "length", "complete"), m
     assert 1 <= int(number(m["new tokens"])) <= 48
     assert page.dialogs == []
 
@@ -488,7 +488,7 @@ def test_superposed_draws_its_drafts_weights_and_candidates_live(server, page, c
     expect(page.locator("#plot-superposed_candidates")).to_contain_text("kept")
     assert "".join(shown_tokens(page)).strip(), "no answer committed"
     m = metrics_table(page)
-    assert m["method"] == "superposed" and m["stopped by"] in ("eos", "length"), m
+    assert m["method"] == "superposed" and m["stopped by"] in ("eos", "length", "complete"), m
     assert int(number(m["target forward passes"])) == int(number(m["new tokens"]))   # one pass per step
     assert page.dialogs == []
 

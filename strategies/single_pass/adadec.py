@@ -8,6 +8,7 @@ get_lookahead_score) with beam_size = 1 as in the paper's runs.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -68,27 +69,29 @@ class AdaDec(Strategy):
     def stops(self, s, token: int) -> bool:
         return s.is_eos(token) or (self.p["stop_at_newline"] and "\n" in s.token_text(token))
 
-    def rollout(self, s, cache, candidate: int, logp_candidate: float) -> tuple[list[int], float]:
-        """Greedy rollout of `candidate` for up to L tokens through the session's cache; the cache is
-        cropped back to where it was, so it holds only committed tokens afterwards."""
-        base = cache.get_seq_length()
-        ids: list[int] = []
-        total = logp_candidate
-        token = candidate
-        try:
-            if not self.stops(s, candidate):
-                for _ in range(self.p["lookahead_length"]):
-                    logp = torch.log_softmax(s.forward([token], cache)[0][0].double(), -1)
-                    token = int(logp.argmax())
-                    ids.append(token)
-                    total += float(logp[token])
-                    if self.stops(s, token):
-                        break
-        finally:
-            added = cache.get_seq_length() - base
-            if added:
-                cache.crop(-added)
-        return ids, total / (len(ids) + 1)
+    def rollouts(self, s, cache, candidates: list[int], logps: list[float]) -> list[tuple[list[int], float]]:
+        """Every candidate's greedy rollout of up to L tokens at once: a copy of the cache repeated into
+        one row per candidate, one batched pass per lookahead token (L passes a pause, not B x L).
+        Rows are all the same length, so no mask is needed; a row whose rollout has stopped keeps
+        being fed and its further tokens are ignored. The session's own cache is never touched.
+        Returns (rollout ids, mean log p of candidate and rollout) per candidate."""
+        ids: list[list[int]] = [[] for _ in candidates]
+        totals = list(logps)
+        live = [not self.stops(s, c) for c in candidates]
+        if any(live):
+            rows = copy.deepcopy(cache)
+            rows.batch_repeat_interleave(len(candidates))
+            tokens = list(candidates)
+            for _ in range(self.p["lookahead_length"]):
+                logp = torch.log_softmax(s.forward(torch.tensor(tokens)[:, None], rows)[0].double(), -1)   # (B, V)
+                for r in (r for r in range(len(candidates)) if live[r]):
+                    tokens[r] = int(logp[r].argmax())
+                    ids[r].append(tokens[r])
+                    totals[r] += float(logp[r, tokens[r]])
+                    live[r] = not self.stops(s, tokens[r])
+                if not any(live):
+                    break
+        return [(row, total / (len(row) + 1)) for row, total in zip(ids, totals)]
 
     def decode(self, s):
         theta, words = self.resolve_threshold(s)
@@ -109,12 +112,10 @@ class AdaDec(Strategy):
             else:
                 top = torch.topk(logp, min(B, logp.shape[-1]))
                 before = s.forward_passes
-                candidates = []
-                for lp, c in zip(top.values.tolist(), top.indices.tolist()):
-                    ids, score = self.rollout(s, cache, int(c), lp)
-                    candidates.append({"token_id": int(c), "text": s.token_text(int(c)), "logprob": lp,
-                                       "rollout_ids": ids, "rollout_text": s.tokenizer.decode(ids) if ids else "",
-                                       "score": score, "chosen": False})
+                tops, logps = top.indices.tolist(), top.values.tolist()
+                candidates = [{"token_id": c, "text": s.token_text(c), "logprob": lp, "rollout_ids": ids,
+                               "rollout_text": s.tokenizer.decode(ids) if ids else "", "score": score, "chosen": False}
+                              for c, lp, (ids, score) in zip(tops, logps, self.rollouts(s, cache, tops, logps))]
                 best = max(range(len(candidates)), key=lambda i: candidates[i]["score"])   # first wins a tie
                 candidates[best]["chosen"] = True
                 token = candidates[best]["token_id"]
