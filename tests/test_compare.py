@@ -86,3 +86,124 @@ def test_overlays_draw_every_column_on_one_plot():
     assert entropy_overlay_figure([A[:1], B[:1]]) is None
     evil = run_events("greedy", ["<b>x</b>"], [1.0], [0.5])
     assert "<b>" not in "".join(entropy_overlay_figure([evil, A]).data[0].text)
+
+
+# --- the tab's handlers on the embedded model -------------------------------------------------------------
+
+from playground import models  # noqa: E402
+from playground.ui import compare as compare_ui  # noqa: E402
+from playground.ui.compare import CompareTab, UnknownRuns, compare_outputs  # noqa: E402
+from storage import default_repository  # noqa: E402
+from strategies import REGISTRY  # noqa: E402
+
+KEY = "0123456789abcdef0123456789abcdef"
+PROMPT = "Name a colour."
+
+
+@pytest.fixture(scope="module")
+def tab():
+    with gr.Blocks():
+        return CompareTab(gr.State({}), gr.State(""))
+
+
+def form_values(tab, columns: list[tuple[str, dict]], max_new=5, seed=7, n=None) -> list:
+    """What the page would send: shared settings, then every column's method and parameter widgets
+    (their defaults, with `columns`' overrides); columns past n keep greedy."""
+    values = [n or len(columns), "embedded", "", "float32", max_new, seed, True, PROMPT]
+    for i, (method, params, keys) in enumerate(tab.forms):
+        name, overrides = columns[i] if i < len(columns) else ("greedy", {})
+        values += [name, *(overrides.get(p, box.value) if m == name else box.value
+                           for (m, p), box in zip(keys, params))]
+    return values
+
+
+def request(session="compare-test"):
+    return SimpleNamespace(username=None, session_hash=session)
+
+
+def run_live(tab, values, session="compare-test", stop_after=None):
+    yields = []
+    for i, out in enumerate(tab.live(request(session), None, KEY, *values)):
+        yields.append(out)
+        if stop_after is not None and i + 1 == stop_after:
+            compare_ui._stops[session].set()
+    return yields
+
+
+def test_a_live_comparison_saves_its_runs_and_itself_on_one_loaded_model(tab, embedded, monkeypatch):
+    def second_load(*args, **kwargs):
+        raise AssertionError("a comparison must not load the model again")
+
+    monkeypatch.setattr(models, "_load", second_load)
+    prepared = compare_ui.prepare_columns(tab.requests(tuple(form_values(
+        tab, [("greedy", {}), ("sampling", {"temperature": 0.8})]))))
+    assert all(p.loaded is embedded for p in prepared)       # the models' cache's one object, never a copy
+
+    before = default_repository().count()
+    yields = run_live(tab, form_values(tab, [("greedy", {}), ("sampling", {"temperature": 0.8, "top_k": 5})]))
+    link = yields[-1][len(tab.view.outputs)]
+    comparison_id = link.split("?compare=")[1].rstrip(")")
+    saved = default_repository().comparison(comparison_id)
+    assert saved.owner == f"browser:{KEY}" and len(saved.run_ids) == 2
+    assert default_repository().count() == before + 2
+    rows = [default_repository().get(run_id) for run_id in saved.run_ids]
+    assert [r.method for r in rows] == ["greedy", "sampling"]
+    assert {(r.prompt, r.seed, r.owner) for r in rows} == {(PROMPT, 7, f"browser:{KEY}")}
+    assert all(r.new_tokens == 5 for r in rows) and rows[1].params["top_k"] == 5
+    assert saved.config["columns"][1]["params"]["temperature"] == 0.8 and saved.config["seed"] == 7
+
+    final = yields[-1]
+    table = final[len(tab.view.outputs) - 4]
+    assert "A: greedy" in table and "B: sampling" in table and "running" not in table
+    # drawn again from the stored events, the same texts and table (what a link shows)
+    again = compare_outputs(saved.run_ids)
+    width = 3 + len(tab.view.columns[0].plots)
+    for column in range(2):
+        text_at = compare_ui.MAX_COLUMNS + column * width + 1
+        assert again[text_at] == last_value(yields, text_at)
+    assert again[-4] == table
+
+
+def last_value(yields, index):
+    """The last value a live comparison sent to one output (skips are not values)."""
+    return [y[index] for y in yields if not isinstance(y[index], dict) or y[index].get("__type__") != "update"][-1]
+
+
+def test_load_saved_draws_saved_runs_and_saves_them_as_a_comparison(tab, embedded):
+    yields = run_live(tab, form_values(tab, [("greedy", {}), ("top_h", {})], max_new=4, seed=3))
+    first_id = yields[-1][len(tab.view.outputs)].split("?compare=")[1].rstrip(")")
+    run_ids = default_repository().comparison(first_id).run_ids
+    out = tab.load_saved(f" {run_ids[1]},{run_ids[0]} ", request(), KEY)
+    second_id = out[-1].split("?compare=")[1].rstrip(")")
+    assert second_id != first_id and default_repository().comparison(second_id).run_ids == [run_ids[1], run_ids[0]]
+    assert "A: top_h" in out[-5] and "B: greedy" in out[-5]
+    for bad, says in [(run_ids[0], "2 to 4"), (",".join(run_ids * 3), "2 to 4"), ("x" * 5000, "characters"),
+                      (f"{run_ids[0]}, <script>", "Not a run id"), (f"{run_ids[0]} {'f' * 32}", "No saved run")]:
+        with pytest.raises(gr.Error, match=says):
+            tab.load_saved(bad, request(), KEY)
+    with pytest.raises(UnknownRuns):
+        compare_outputs(["0" * 32, run_ids[0]])
+
+
+def test_bad_columns_are_refused_naming_the_column(tab, embedded):
+    with pytest.raises(gr.Error, match=r"Column B \(sampling\).*temperature"):
+        run_live(tab, form_values(tab, [("greedy", {}), ("sampling", {"temperature": -1.0})]))
+    for n in (1, 5, "3; drop", 2.5, True):
+        with pytest.raises(gr.Error, match="columns must be 2 to 4"):
+            run_live(tab, form_values(tab, [("greedy", {}), ("greedy", {})], n=n))
+    with pytest.raises(gr.Error, match="Column A.*prompt is empty"):
+        values = form_values(tab, [("greedy", {}), ("greedy", {})])
+        values[7] = "  "
+        run_live(tab, values)
+
+
+def test_stop_ends_the_comparison_and_keeps_what_ran(tab, embedded):
+    before = default_repository().count()
+    yields = run_live(tab, form_values(tab, [("greedy", {}), ("greedy", {}), ("greedy", {})], max_new=40),
+                      session="stopper", stop_after=1)
+    link = yields[-1][len(tab.view.outputs)]
+    assert "stopped" in link
+    saved = default_repository().comparison(link.split("?compare=")[1].rstrip(")"))
+    assert len(saved.run_ids) == 1 and default_repository().count() == before + 1
+    assert default_repository().get(saved.run_ids[0]).status == "stopped"
+    assert "stopper" not in compare_ui._stops

@@ -218,7 +218,7 @@ class CompareTab:
             self.prompt = gr.Textbox(label="Prompt", lines=2, value="What is the capital of France?",
                                      elem_id="compare-prompt", scale=3)
             with gr.Column(scale=1, min_width=220):
-                self.max_new = gr.Number(value=32, minimum=1, precision=0, label="max new tokens (each column)",
+                self.max_new = gr.Number(value=32, minimum=1, precision=0, label="new tokens per column",
                                          elem_id="compare-max-new")
                 self.seed = gr.Number(value=0, precision=0, label="seed")
         with gr.Row():
@@ -236,7 +236,7 @@ class CompareTab:
             for i in range(MAX_COLUMNS):
                 with gr.Column(visible=i < MIN_COLUMNS, elem_id=f"compare-col-{i}", min_width=260) as box:
                     gr.Markdown(f"**Column {LETTERS[i]}**")
-                    method, _, _, params, keys = method_form()
+                    method, _, _, params, keys = method_form(f"Method {LETTERS[i]}")
                 self.forms.append((method, params, keys))
                 self.form_boxes.append(box)
 

@@ -54,10 +54,11 @@ def request_from_inputs(param_keys: list[tuple[str, str]], inputs: tuple) -> Gen
                              draft_model_id=(draft_id or "").strip() or None)
 
 
-def method_form() -> tuple[gr.Dropdown, gr.Markdown, list[gr.Group], list[Any], list[tuple[str, str]]]:
-    """The method picker and one (hidden unless picked) group of parameter widgets per method."""
+def method_form(label: str = "Method") -> tuple[gr.Dropdown, gr.Markdown, list[gr.Group], list[Any], list[tuple[str, str]]]:
+    """The method picker and one (hidden unless picked) group of parameter widgets per method; each call
+    makes its own components (Compare has one per column, told apart by `label`)."""
     names = list(REGISTRY)
-    method = gr.Dropdown([(REGISTRY[n].title, n) for n in names], value="greedy", label="Method")
+    method = gr.Dropdown([(REGISTRY[n].title, n) for n in names], value="greedy", label=label)
     help_text = gr.Markdown(method_help("greedy"))
     groups, inputs, keys = [], [], []
     for name in names:
