@@ -71,6 +71,14 @@ class RunStarted(Event):
     torch_threads: int = 0
     versions: dict[str, str] = field(default_factory=dict)   # python, torch, transformers, ...
     lossless: bool | None = None  # this configuration's output equals greedy token for token (None: not recorded)
+    # A branch (playground/branching.py) continues another run from one of its tokens: prompt_ids above
+    # = the parent's prompt ids + the inherited tokens + the chosen token(s), so it re-renders alone.
+    parent_id: str | None = None          # the run it left
+    parent_position: int | None = None    # the parent's token index replaced by the chosen token(s)
+    prefix: str | None = None             # output text inherited from the parent (and its own ancestors)
+    prefix_ids: list[int] | None = None
+    chosen: str | None = None             # the token(s) picked at the branch point
+    chosen_ids: list[int] | None = None
 
 
 @event_type("token")
@@ -232,7 +240,7 @@ class MetricsEvent(Event):
     model_bytes: int
     bandwidth_gb_s: float
     machine_bandwidth_gb_s: float | None
-    stop_reason: str              # eos | length | stopped | error
+    stop_reason: str              # eos | length | complete (the method ended its answer) | stopped | time limit | error
     method: dict[str, float] = field(default_factory=dict)
     draft_forward_passes: int = 0
     # (new_tokens - 1) / decode_s: tokens after the first over seconds after the prompt pass. Runs
