@@ -50,6 +50,20 @@ class GenerationRequest:
     seed: int = 0
     chat: bool = True           # wrap the prompt in the model's chat template (instruct models)
     draft_model_id: str | None = None   # for methods with needs_draft; must share the tokenizer
+    branch: "Branch | None" = None      # continue another run from one of its tokens (playground/branching.py)
+
+
+@dataclass
+class Branch:
+    """Where a branch leaves its parent: the model reads `prompt_ids` (the parent's prompt ids + its
+    tokens before `position` + the chosen token(s)) instead of the templated prompt."""
+    parent_id: str
+    position: int
+    prompt_ids: list[int]
+    prefix: str = ""              # the inherited output text, shown greyed in the branch's view
+    prefix_ids: list[int] = field(default_factory=list)
+    chosen: str = ""
+    chosen_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -136,6 +150,20 @@ def check_footprint(strategy: Strategy, prompt_tokens: int, max_new: int) -> Non
             f"Shorten the prompt or lower max new tokens{f' or {knobs}' if knobs else ''}.")
 
 
+def branch_ids(request: GenerationRequest, strategy: Strategy, loaded: LoadedModel) -> list[int]:
+    """A branch's prompt ids, checked: ids of this model's vocabulary, and a method that reads the prompt."""
+    branch = request.branch
+    if not isinstance(branch, Branch):
+        raise InvalidRequest(f"branch must be a Branch, got {type(branch).__name__}")
+    if strategy.own_prompt() is not None:
+        raise InvalidRequest(f"{strategy.title} builds its own prompt from its fields; it cannot continue a branch.")
+    vocab = int(loaded.model.config.vocab_size)      # ids past the embedding table would crash the forward
+    ids = branch.prompt_ids
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
+        raise InvalidRequest("A branch's prompt ids must be token ids of this model's vocabulary.")
+    return list(ids)
+
+
 def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> PreparedRun:
     """Check and clamp a request; load its model. Raises InvalidRequest with one clear line."""
     notices: list[str] = []
@@ -172,7 +200,8 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
             raise InvalidRequest(f"draft model: {exc}") from None
         if draft.tokenizer.get_vocab() != loaded.tokenizer.get_vocab():
             raise InvalidRequest(f"draft model {draft.model_id!r} does not share the target's tokenizer.")
-    prompt_ids = loaded.encode_prompt(prompt, chat=request.chat)
+    prompt_ids = (branch_ids(request, strategy, loaded) if request.branch is not None
+                  else loaded.encode_prompt(prompt, chat=request.chat))
     limit = settings().max_prompt_tokens
     if len(prompt_ids) > limit:
         raise InvalidRequest(f"The prompt is {len(prompt_ids):,} tokens; this server takes at most {limit:,}.")
@@ -240,7 +269,15 @@ def run_started(run: PreparedRun, run_id: str | None) -> RunStarted:
                       draft_model_id=run.draft.model_id if run.draft else "", chat=bool(run.request.chat),
                       prompt_ids=list(run.prompt_ids), forward=settings().forward,
                       torch_threads=torch.get_num_threads(), versions=library_versions(),
-                      lossless=run.strategy.is_lossless())
+                      lossless=run.strategy.is_lossless(), **branch_fields(run.request.branch))
+
+
+def branch_fields(branch: Branch | None) -> dict[str, Any]:
+    """RunStarted's record of where a branch left its parent (nothing for a plain run)."""
+    if branch is None:
+        return {}
+    return dict(parent_id=branch.parent_id, parent_position=branch.position, prefix=branch.prefix,
+                prefix_ids=list(branch.prefix_ids), chosen=branch.chosen, chosen_ids=list(branch.chosen_ids))
 
 
 def run_metrics(run: PreparedRun, session: DecodeSession, watch: Stopwatch, new_tokens: int, stop_reason: str,
@@ -307,7 +344,15 @@ def request_from(started: RunStarted) -> GenerationRequest:
     return GenerationRequest(prompt=started.prompt, strategy=started.strategy, params=dict(started.params),
                              model_id=started.model_id, dtype=started.dtype, max_new_tokens=started.max_new_tokens,
                              seed=started.seed, chat=True if started.chat is None else started.chat,
-                             draft_model_id=started.draft_model_id or None)
+                             draft_model_id=started.draft_model_id or None, branch=branch_of(started))
+
+
+def branch_of(started: RunStarted) -> Branch | None:
+    """A saved branch's Branch again (None for a plain run), so re-running it reads the same ids."""
+    if started.parent_id is None:
+        return None
+    return Branch(started.parent_id, started.parent_position or 0, list(started.prompt_ids), started.prefix or "",
+                  list(started.prefix_ids or []), started.chosen or "", list(started.chosen_ids or []))
 
 
 def rerun(started: RunStarted, loaded: LoadedModel | None = None) -> PreparedRun:

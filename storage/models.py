@@ -25,7 +25,8 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_owner_created", "owner", "created_at"),)
+    __table_args__ = (Index("ix_runs_owner_created", "owner", "created_at"),
+                      Index("ix_runs_public_created", "public", "created_at"))
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)      # uuid4 hex: 122 random bits
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import undefer
 
 from playground.config import settings
@@ -16,6 +16,26 @@ from playground.events import Event, MetricsEvent, RunStarted, TokenEvent, TreeE
 
 from .db import session_factory
 from .models import INTERRUPTED, RUNNING, Comparison, Run, utcnow
+
+
+PAGE_SIZE = 25
+MAX_PAGE_SIZE = 100
+MAX_QUERY = 200          # characters of a History search: longer is cut, not refused
+MAX_TREE = 200           # runs drawn in one branch tree
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """What one History page asks for. `scope` "mine" lists the owner's runs, "published" the runs
+    others published; `text` matches prompt or output anywhere (case-insensitive for ASCII)."""
+    owner: str | None
+    scope: str = "mine"
+    text: str = ""
+    model: str = ""
+    method: str = ""
+    favourites: bool = False
+    page: int = 1
+    page_size: int = PAGE_SIZE
 
 
 @dataclass
@@ -55,7 +75,8 @@ class RunRepository:
         at the next start-up (`mark_interrupted`) instead of simply missing."""
         row = Run(id=started.run_id, model_id=started.model_id, dtype=started.dtype, method=started.strategy,
                   params=started.params, seed=started.seed, prompt=started.prompt, output="", status=RUNNING,
-                  metrics={}, events=None, owner=owner, parent_id=parent_id, parent_position=parent_position)
+                  metrics={}, events=None, owner=owner, parent_id=parent_id or started.parent_id,
+                  parent_position=parent_position if parent_id else started.parent_position)   # a branch says its own
         with self.sessions.begin() as session:
             session.add(row)
 
@@ -73,8 +94,8 @@ class RunRepository:
         with self.sessions.begin() as session:
             row = session.get(Run, start.run_id)
             if row is None:
-                session.add(Run(id=start.run_id, owner=owner, parent_id=parent_id, parent_position=parent_position,
-                                **values))
+                session.add(Run(id=start.run_id, owner=owner, parent_id=parent_id or start.parent_id,
+                                parent_position=parent_position if parent_id else start.parent_position, **values))
             elif row.status != RUNNING:
                 raise ValueError(f"run {start.run_id} is already saved")   # a run is saved once
             else:
@@ -115,9 +136,93 @@ class RunRepository:
             rows = session.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)).all()
             return [summary(r) for r in rows]
 
-    def delete(self, run_id: str) -> bool:
+    def delete(self, run_id: str, owner: str | None = None) -> bool:
+        """Delete a run; with `owner`, only when that owner's (the UI always passes one). Its
+        branches stay, with no parent (the foreign key sets it NULL)."""
+        condition = Run.id == run_id
+        if owner is not None:
+            condition = and_(condition, Run.owner == owner)
         with self.sessions.begin() as session:
-            return session.execute(delete(Run).where(Run.id == run_id)).rowcount > 0
+            return session.execute(delete(Run).where(condition)).rowcount > 0
+
+    def set_flag(self, run_id: str, owner: str | None, name: str, value: bool) -> bool:
+        """Set `favourite` or `public` on the owner's own run; False when it is not theirs (or gone).
+        A run with no owner (an API caller's) can be changed by nobody."""
+        if name not in ("favourite", "public") or not owner:
+            return False
+        with self.sessions.begin() as session:
+            changed = session.execute(update(Run).where(Run.id == run_id, Run.owner == owner)
+                                      .values({name: bool(value)})).rowcount
+        return changed > 0
+
+    def history(self, query: HistoryQuery) -> tuple[list[RunSummary], int]:
+        """One page of History, newest first, and how many runs match in all. Never loads the
+        event blobs (deferred), and the owner / published filters read their indexes
+        (ix_runs_owner_created, ix_runs_public_created)."""
+        conditions = self._history_conditions(query)
+        if conditions is None:
+            return [], 0
+        size = max(1, min(int(query.page_size), MAX_PAGE_SIZE))
+        page = max(1, int(query.page))
+        with self.sessions() as session:
+            total = session.scalar(select(func.count()).select_from(Run).where(*conditions)) or 0
+            rows = session.scalars(select(Run).where(*conditions).order_by(Run.created_at.desc(), Run.id.desc())
+                                   .limit(size).offset((page - 1) * size)).all()
+            return [summary(r) for r in rows], total
+
+    @staticmethod
+    def _history_conditions(query: HistoryQuery) -> list | None:
+        if query.scope == "published":
+            conditions = [Run.public.is_(True)]
+            if query.owner:
+                conditions.append(or_(Run.owner.is_(None), Run.owner != query.owner))
+        elif query.owner:
+            conditions = [Run.owner == query.owner]
+        else:
+            return None                           # no owner, no runs of "mine"
+        if query.model.strip():
+            conditions.append(Run.model_id == query.model.strip())
+        if query.method.strip():
+            conditions.append(Run.method == query.method.strip())
+        if query.favourites:
+            conditions.append(Run.favourite.is_(True))
+        text = query.text.strip()[:MAX_QUERY]
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            conditions.append(or_(Run.prompt.ilike(pattern, escape="\\"), Run.output.ilike(pattern, escape="\\")))
+        return conditions
+
+    def summaries(self, run_ids: list[str]) -> list[RunSummary]:
+        """The rows of these runs (no event blobs), in the order asked; missing ids are left out."""
+        with self.sessions() as session:
+            rows = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(list(run_ids)))).all()}
+            return [summary(rows[i]) for i in run_ids if i in rows]
+
+    def tree(self, run_id: str) -> list[tuple[int, RunSummary]]:
+        """The branch tree that holds `run_id`: from its root (walking parent links up), every
+        descendant depth first, as (depth, run); at most MAX_TREE runs."""
+        with self.sessions() as session:
+            root, seen = session.get(Run, run_id), set()
+            if root is None:
+                return []
+            while root.parent_id and root.parent_id not in seen:
+                seen.add(root.id)
+                parent = session.get(Run, root.parent_id)
+                if parent is None:
+                    break
+                root = parent
+            result: list[tuple[int, RunSummary]] = []
+            stack, drawn = [(0, root)], set()
+            while stack and len(result) < MAX_TREE:
+                depth, row = stack.pop()
+                if row.id in drawn:          # parent links edited by hand could loop
+                    continue
+                drawn.add(row.id)
+                result.append((depth, summary(row)))
+                children = session.scalars(select(Run).where(Run.parent_id == row.id)
+                                           .order_by(Run.parent_position.desc(), Run.created_at.desc())).all()
+                stack.extend((depth + 1, c) for c in children)
+            return result
 
     def count(self) -> int:
         with self.sessions() as session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..config import settings
+from .branch import token_scripts
 from .common import stream
 from .compare import build_compare_tab
 from .generate import build_generate_tab, request_from_inputs
@@ -21,9 +22,10 @@ def build_app() -> gr.Blocks:
         browser_key = browser_key_state()    # whose runs History lists (identity.py)
         gr.Markdown("## Decoding Playground\nPick a model and a decoding method, press **Generate**, and watch "
                     "the method work. Hover a token for its probability and the alternatives.")
+        token_scripts()                      # click a token to branch; tooltips kept on screen (branch.py)
         with gr.Tabs(selected="generate") as tabs:
             with gr.Tab("Generate", id="generate"):
-                build_generate_tab(greedy_references, browser_key)
+                build_generate_tab(greedy_references, browser_key, tabs)
             with gr.Tab("History", id="history"):
                 history = build_history_tab()
             with gr.Tab("Compare", id="compare"):

@@ -5,18 +5,20 @@ from __future__ import annotations
 import threading
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import gradio as gr
 
 from strategies import REGISTRY
+from visualizers import PANELS
 
 from ..config import settings
 from ..gpu import on_gpu
 from ..limits import GENERATION, ClientLimits, admit_request
 from ..models import EMBEDDED, EMBEDDED_NAME
 from ..prompts import PROMPT_SETS
-from ..runner import GenerationRequest, InvalidRequest, prepare
+from ..runner import GenerationRequest, InvalidRequest, PreparedRun, prepare
+from .branch import BranchPanel
 from .common import method_help, outputs_for, panel_plots, param_component, share_link, stream
 from .identity import owner_of
 
@@ -75,7 +77,27 @@ def method_form(label: str = "Method") -> tuple[gr.Dropdown, gr.Markdown, list[g
     return method, help_text, groups, inputs, keys
 
 
-def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState) -> Form:
+def cleared_outputs() -> list[Any]:
+    """The Generate tab's outputs emptied (text, link, metrics, plots; the greedy references kept)."""
+    return ["", "", "", *[gr.Plot(value=None, visible=False) for _ in PANELS], gr.skip()]
+
+
+def live_page(request: gr.Request, prepared: PreparedRun, references, key) -> Iterator[list[Any]]:
+    """A prepared run streamed into the Generate tab's outputs (text, link, metrics, plots, references);
+    the Stop button stops it (by browser session), and a closed page stops it at once."""
+    stop = _stops[request.session_hash] = threading.Event()
+    try:
+        with closing(stream(prepared, stop, references, owner_of(request, key))) as page:
+            for events, run_id, updated in page:
+                outputs = outputs_for(events)
+                yield [outputs[0], share_link(run_id) if run_id else "", *outputs[1:],
+                       updated if updated is not None else gr.skip()]
+    finally:
+        if _stops.get(request.session_hash) is stop:
+            del _stops[request.session_hash]
+
+
+def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState, tabs: gr.Tabs | None = None) -> Form:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             model = gr.Textbox(value=settings().default_model, label="Model",
@@ -100,6 +122,7 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
                 generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop_btn = gr.Button("Stop", elem_id="stop")
             text = gr.HTML(elem_id="output")
+            branch = BranchPanel()           # click a token: its alternatives, continue from there (branch.py)
             link = gr.Markdown(elem_id="run-link")
             metrics = gr.HTML(elem_id="metrics")
             plots = panel_plots(prefix="plot-")
@@ -111,17 +134,9 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
         try:
             prepared = prepare(request_from_inputs(param_keys, inputs))
         except InvalidRequest as exc:
+            yield cleared_outputs()          # the toast must not sit over the previous run's output
             raise gr.Error(str(exc), print_exception=False)
-        stop = _stops[request.session_hash] = threading.Event()
-        try:
-            with closing(stream(prepared, stop, references, owner_of(request, key))) as page:   # a closed page stops the run now
-                for events, run_id, updated in page:
-                    outputs = outputs_for(events)
-                    yield [outputs[0], share_link(run_id) if run_id else "", *outputs[1:],
-                           updated if updated is not None else gr.skip()]
-        finally:
-            if _stops.get(request.session_hash) is stop:
-                del _stops[request.session_hash]
+        yield from live_page(request, prepared, references, key)
 
     gen_inputs = [greedy_references, browser_key, *form.inputs()]
     gen_outputs = [text, link, metrics, *plots, greedy_references]
@@ -148,4 +163,6 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
             _stops[request.session_hash].set()
 
     stop_btn.click(stop_run, None, None, concurrency_limit=None, queue=False)
+    branch.wire(tabs, gen_inputs, gen_outputs, lambda form_values: request_from_inputs(param_keys, form_values),
+                live_page, limits)
     return form
