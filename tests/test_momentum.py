@@ -216,3 +216,23 @@ def test_prompt_tokens_the_output_never_passed_through_are_not_drawn():
     fig = momentum_graph_figure(_walk(3, prompt=20))
     assert sorted(_shown(fig)) == sorted([" t19", " t20", " t21", " t22"])
     assert "19 prompt tokens" in fig.layout.title.text
+
+
+def test_the_bars_step_through_every_step_with_that_steps_candidates():
+    """A saved run showed only its last step's bars: now a slider walks the steps, each showing its own
+    candidates (names on the axis, p, resistance and score)."""
+    from visualizers.momentum import momentum_bars_figure
+
+    steps = [MomentumStepEvent(step=i, candidates=[
+        {"token_id": 1, "text": f" a{i}", "p": 0.5 + i / 10, "l": 0, "penalty": 0.0, "score": 0.5 + i / 10},
+        {"token_id": 2, "text": f" b{i}", "p": 0.2, "l": i, "penalty": 0.1 * i, "score": 0.2 - 0.1 * i}],
+        chosen=0, label=0, source=0, target=1, new_node=True, edge_visits=1) for i in range(4)]
+    fig = momentum_bars_figure(steps)
+    slider = fig.layout.sliders[0]
+    assert [s.label for s in slider.steps] == ["0", "1", "2", "3"] and slider.active == 3
+    for i, s in enumerate(slider.steps):
+        shown = [t for t, v in zip(fig.data, s.args[0]["visible"]) if v]
+        assert [t.name for t in shown] == ["p (model)", "- alpha*R(l) (resistance)", "score p - alpha*R(l)"]
+        assert list(shown[0].y) == [0.5 + i / 10, 0.2] and list(shown[1].y) == [-0.0, -0.1 * i]
+        assert s.args[1]["xaxis.ticktext"][1].startswith("2.") and f" b{i}" in s.args[1]["xaxis.ticktext"][1]
+        assert s.args[1]["title.text"].startswith(f"Step {i}:")

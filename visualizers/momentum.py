@@ -94,27 +94,46 @@ def momentum_graph_figure(events: list[Event]) -> go.Figure | None:
     return fig
 
 
-def momentum_bars_figure(events: list[Event]) -> go.Figure | None:
-    """The latest step: each top-k candidate's p, its penalty -alpha*R(l) stacked below zero, and the score."""
-    steps = _steps(events)
-    if not steps or not steps[-1].candidates:
-        return None
-    step = steps[-1]
-    cands = step.candidates
-    names = [f"{i + 1}. {'▶ ' if i == step.chosen else ''}{_label(c['text'])} (l={c['l']})" for i, c in enumerate(cands)]
+MAX_STEPS_SHOWN = 60          # the bars' slider holds the latest steps (a long run keeps its figure small)
+
+
+def _bars(step: MomentumStepEvent, shown: bool) -> list[go.BaseTraceType]:
+    """One step's candidates at x = 0..k-1: p, the resistance -alpha*R(l) stacked below zero, the score."""
+    cands, x = step.candidates, list(range(len(step.candidates)))
     penalty = [-(c["penalty"] if c["penalty"] is not None else 1.0) for c in cands]
     blocked = ["blocked (R = inf)" if c["penalty"] is None else f"alpha*R(l) = {c['penalty']:.3f}" for c in cands]
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=names, y=[c["p"] for c in cands], name="p (model)", marker_color="#1f77b4",
-                         hovertemplate="%{x}<br>p = %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Bar(x=names, y=penalty, name="- alpha*R(l) (resistance)", marker_color="#d62728",
-                         text=blocked, textposition="none", hovertemplate="%{x}<br>%{text}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=names, y=[c["score"] for c in cands], mode="markers", name="score p - alpha*R(l)",
-                             marker=dict(symbol="diamond", size=12, color="#2ca02c"),
-                             hovertemplate="%{x}<br>score = %{y:.3f}<extra></extra>"))
+    return [go.Bar(x=x, y=[c["p"] for c in cands], name="p (model)", marker_color="#1f77b4", visible=shown,
+                   hovertemplate="p = %{y:.3f}<extra></extra>"),
+            go.Bar(x=x, y=penalty, name="- alpha*R(l) (resistance)", marker_color="#d62728", visible=shown,
+                   text=blocked, textposition="none", hovertemplate="%{text}<extra></extra>"),
+            go.Scatter(x=x, y=[c["score"] for c in cands], mode="markers", name="score p - alpha*R(l)", visible=shown,
+                       marker=dict(symbol="diamond", size=12, color="#2ca02c"),
+                       hovertemplate="score = %{y:.3f}<extra></extra>")]
+
+
+def _bars_axis(step: MomentumStepEvent) -> dict:
+    names = [f"{i + 1}. {'▶ ' if i == step.chosen else ''}{_label(c['text'])} (l={c['l']})"
+             for i, c in enumerate(step.candidates)]
     note = " every candidate blocked: greedy taken;" if step.blocked else ""
-    fig.update_layout(barmode="relative", title=f"Step {step.step}: {LABELS.get(step.label, step.label)};{note} "
-                                                f"▶ chosen", yaxis_title="probability / score", **LAYOUT)
+    return {"title.text": f"Step {step.step}: {LABELS.get(step.label, step.label)};{note} ▶ chosen",
+            "xaxis.tickvals": list(range(len(names))), "xaxis.ticktext": names}
+
+
+def momentum_bars_figure(events: list[Event]) -> go.Figure | None:
+    """Each step's top-k candidates: p, the resistance below zero, and the score; a slider walks the steps
+    (the latest shown)."""
+    steps = [s for s in _steps(events) if s.candidates][-MAX_STEPS_SHOWN:]
+    if not steps:
+        return None
+    fig = go.Figure([trace for i, step in enumerate(steps) for trace in _bars(step, i == len(steps) - 1)])
+    fig.update_layout(barmode="relative", yaxis_title="probability / score", **LAYOUT)
+    fig.update_layout(_bars_axis(steps[-1]))
+    if len(steps) > 1:
+        fig.update_layout(sliders=[dict(
+            active=len(steps) - 1, currentvalue=dict(prefix="step "), pad=dict(t=50),
+            steps=[dict(label=str(step.step), method="update",
+                        args=[{"visible": [j // 3 == i for j in range(3 * len(steps))]}, _bars_axis(step)])
+                   for i, step in enumerate(steps)])], height=LAYOUT["height"] + 80)
     return fig
 
 
