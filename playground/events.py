@@ -366,6 +366,9 @@ class SuperposedStepEvent(Event):
     merged: int = 0
     ngram: bool = True
     finished: bool = False             # the best candidate ended in EOS: the run's answer is drafts[0]
+    # per draft: exp(-mean log p) of its tokens under the model's untempered distribution in the ONE
+    # superposed stream (what the model saw: the mixed inputs, not each draft alone); empty in older runs
+    perplexities: list[float] = field(default_factory=list)
 
 
 @event_type("extract")

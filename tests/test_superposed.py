@@ -182,3 +182,18 @@ def test_corpus_tables_on_the_real_tokenizer(embedded):
     events = run(s)
     assert len(s.output_ids) == 6 and s.forward_passes == 6
     assert all(e.ngram and len(e.drafts) == 3 for e in steps(events))
+
+
+def test_one_drafts_perplexity_is_the_models_own_on_its_text(tiny_model, tiny_tokenizer, one_thread):
+    """With one draft the superposed stream IS the draft, so its shown perplexity must equal the model's
+    perplexity of the output recomputed by one plain teacher-forced pass (no cache, no superposition)."""
+    prompt = PROMPTS[1]
+    s = session(tiny_model, tiny_tokenizer, prompt, 12)
+    last = steps(run(s, drafts=1, alpha=0.0))[-1]
+    ids = torch.tensor([prompt + s.output_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(tiny_model(input_ids=ids).logits[0].double(), -1)
+    n = len(prompt)
+    token_logps = [float(logp[n - 1 + i, t]) for i, t in enumerate(s.output_ids)]
+    expected = math.exp(-sum(token_logps) / len(token_logps))
+    assert last.perplexities == [pytest.approx(expected, rel=1e-9)]

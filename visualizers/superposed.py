@@ -35,13 +35,16 @@ def _num(x) -> str:
 
 
 def drafts_figure(events: list[Event]) -> go.Figure | None:
-    """The k drafts side by side, best first: text so far, cumulative score, weight in the next input."""
+    """The k drafts side by side, best first: text so far, cumulative score, weight in the next input, and
+    perplexity (exp of minus the mean log p of its tokens under the model's untempered distribution in the
+    one superposed stream)."""
     steps = _steps(events)
     if not steps:
         return None
     last = steps[-1]
-    headers = [f"<b>draft {i + 1}</b><br>score {s:.2f} · weight {w:.3f}"
-               for i, (s, w) in enumerate(zip(last.scores, last.weights))]
+    ppl = last.perplexities or [None] * len(last.drafts)
+    headers = [f"<b>draft {i + 1}</b><br>score {s:.2f} · weight {w:.3f}" + ("" if p is None else f" · ppl {p:.1f}")
+               for i, (s, w, p) in enumerate(zip(last.scores, last.weights, ppl))]
     cells = [[_show(t)] for t in last.drafts]
     fig = go.Figure(go.Table(header=dict(values=headers, align="left", fill_color="#eef2f7"),
                              cells=dict(values=cells, align="left", height=30)))

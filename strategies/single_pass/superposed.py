@@ -58,6 +58,11 @@ def parse_weights(raw: str) -> list[float]:
     return weights
 
 
+def stream_perplexity(tokens: list) -> float:
+    """exp(-mean log p) of a draft's tokens (TokenEvents) as the one superposed stream scored them."""
+    return math.exp(-sum(t.logprob for t in tokens) / len(tokens)) if tokens else float("nan")
+
+
 def distinct_drafts(drafts: list[list[int]]) -> int:
     return len({tuple(d[-SUFFIX:]) for d in drafts})
 
@@ -171,7 +176,7 @@ class Superposed(Strategy):
                 yield SuperposedStepEvent(
                     step=step, drafts=[s.tokenizer.decode(d, skip_special_tokens=False) for d in drafts],
                     scores=scores, weights=weights, last_tokens=[s.token_text(d[-1]) for d in drafts], distinct=n_distinct, merged=merged, ngram=ngrams is not None,
-                    finished=finished,
+                    finished=finished, perplexities=[stream_perplexity(events) for events in described],
                     candidates=[{"draft": d, "token_id": ids[j], "text": texts[j], "lm_logprob": a,
                                  "ngram_logprob": (None if b is None else (b if b > -math.inf else None)),
                                  "score": r, "total": t, "kept": (d, j) in kept}
