@@ -86,14 +86,16 @@ def prepare_database() -> None:
 
 
 def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | None = None,
-           preload: bool = True) -> None:
+           preload: bool = True, database_ready: bool = False) -> None:
+    """`database_ready`: the caller ran prepare_database already (app.py does, before building the UI)."""
     from visualizers import CSS
 
     from .models import load_model
     from .runner import warm_up
     from .ui import build_app
 
-    prepare_database()                # seconds, before the model's minute: a bad database stops us here
+    if not database_ready:
+        prepare_database()            # seconds, before the model's minute: a bad database stops us here
     if preload:
         loaded = load_model()         # convert/cache the default model before the first visitor
         if settings().warm_up:

@@ -194,3 +194,70 @@ def test_the_ledger_forgets_the_quietest_clients_first():
     for name in "abcd":
         assert limits.admit(name) is None
     assert list(limits._starts) == ["b", "c", "d"]
+
+
+# --- what the README says about configuration and deployment -------------------------------------
+
+def test_every_setting_read_from_the_environment_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = "".join(p.read_text() for folder in ("playground", "storage") for p in (root / folder).rglob("*.py"))
+    read = set(re.findall(r"PLAYGROUND_[A-Z_]+", code))
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Limits")]
+    assert read and not read - set(re.findall(r"PLAYGROUND_[A-Z_]+", table)), read - set(re.findall(r"PLAYGROUND_[A-Z_]+", table))
+
+
+def test_the_gradio_sdk_version_in_the_readme_is_the_pinned_one():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    pinned = re.search(r"^gradio==(\S+)", (root / "requirements.txt").read_text(), re.M).group(1)
+    readme = (root / "README.md").read_text()
+    assert f"sdk_version: {pinned}" in readme and 'python_version: "3.12"' in readme
+
+
+def test_visitors_are_told_apart_by_forwarded_address_only_behind_a_trusted_proxy(env):
+    from types import SimpleNamespace
+
+    from playground.limits import client_key
+
+    request = SimpleNamespace(username=None, headers={"x-forwarded-for": "1.2.3.4, 10.0.0.1"},
+                              client=SimpleNamespace(host="10.0.0.1"))
+    env(PLAYGROUND_TRUST_PROXY=0)
+    assert client_key(request) == "ip:10.0.0.1"
+    env(PLAYGROUND_TRUST_PROXY=1)
+    assert client_key(request) == "ip:1.2.3.4"
+    assert client_key(SimpleNamespace(username="ana", headers={}, client=None)) == "user:ana"
+
+
+def test_health_says_down_when_the_database_is(env, tmp_path):
+    from starlette.testclient import TestClient
+    from starlette.applications import Starlette
+
+    from playground.server import app_kwargs
+
+    app = Starlette(**app_kwargs())
+    env(PLAYGROUND_DB=str(tmp_path / "ok.sqlite3"))
+    assert TestClient(app).get("/healthz").status_code == 200
+    (tmp_path / "bad.sqlite3").write_bytes(b"not a database " * 100)
+    env(PLAYGROUND_DB=str(tmp_path / "bad.sqlite3"))
+    down = TestClient(app).get("/healthz")
+    assert down.status_code == 503 and down.json() == {"status": "down", "database": "unreachable"}
+    assert TestClient(app).post("/gradio_api/upload", files={"files": ("a", b"x")}).status_code == 403
+
+
+def test_every_generation_passes_the_door():
+    """In the built app: whatever runs a model is in the generation group with the admission check;
+    reads are timed under a flood in tests/test_server_load.py."""
+    from playground.limits import GENERATION
+    from playground.ui import build_app
+
+    fns = list(build_app().fns.values())
+    generating = [f for f in fns if f.concurrency_id == GENERATION]
+    assert len(generating) >= 2 and all(f.validator is not None and f.queue for f in generating)
+    assert all(f.concurrency_id == GENERATION for f in fns if f.validator is not None)
+    assert {f.api_name for f in generating} >= {"run", "run_1"}
