@@ -33,6 +33,7 @@ MAX_PROMPT_CHARS = 100_000
 DEFAULT_DRAFT = f"{EMBEDDED}@layers=24"   # the embedded model's first 24 of 30 layers (playground/drafts.py)
 MAX_SEED = 2**63 - 1
 TIME_LIMIT = "time limit"   # the stop reason (and saved status) of a run the wall-clock limit stopped
+COMPLETE = "complete"       # the method ended its answer before the length limit, with no end-of-sequence token
 
 
 class InvalidRequest(ValueError):
@@ -150,6 +151,19 @@ def check_footprint(strategy: Strategy, prompt_tokens: int, max_new: int) -> Non
             f"Shorten the prompt or lower max new tokens{f' or {knobs}' if knobs else ''}.")
 
 
+def own_prompt(strategy: Strategy, request: GenerationRequest, notices: list[str]) -> str:
+    """The prompt the model sees: the request's, unless the method builds its own from its fields
+    (a passage and a question); then that one, recorded as the run's prompt, and the box's text,
+    if any, is said to be unused."""
+    own = strategy.own_prompt()
+    if own is None:
+        return request.prompt
+    if request.prompt.strip() and request.prompt.strip() != own.strip():
+        notices.append(f"{strategy.title} built its prompt from its own fields; the prompt box was not used.")
+    request.prompt = own        # the checked copy, not the caller's request
+    return own
+
+
 def branch_ids(request: GenerationRequest, strategy: Strategy, loaded: LoadedModel) -> list[int]:
     """A branch's prompt ids, checked: ids of this model's vocabulary, and a method that reads the prompt."""
     branch = request.branch
@@ -168,15 +182,15 @@ def prepare(request: GenerationRequest, loaded: LoadedModel | None = None) -> Pr
     """Check and clamp a request; load its model. Raises InvalidRequest with one clear line."""
     notices: list[str] = []
     request = checked_request(request, notices)
-    prompt = request.prompt
-    if not prompt.strip():
-        raise InvalidRequest("The prompt is empty: type something for the model to continue.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(f"The prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
     try:
         strategy = REGISTRY[request.strategy](**request.params)
     except InvalidParameter as exc:
         raise InvalidRequest(f"{request.strategy}: {exc}") from None
+    prompt = own_prompt(strategy, request, notices)
+    if not prompt.strip():
+        raise InvalidRequest("The prompt is empty: type something for the model to continue.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
     seed = _as_int(request.seed, "seed")
     if not 0 <= seed <= MAX_SEED:
         raise InvalidRequest(f"seed must be between 0 and {MAX_SEED}, got {seed}")
@@ -249,6 +263,8 @@ def execute(run: PreparedRun, cancel: threading.Event | None = None, run_id: str
             yield event
         if watch.stopped:
             stop_reason = TIME_LIMIT if timed_out.is_set() else "stopped"
+        elif stop_reason == "length" and new_tokens < run.max_new_tokens:
+            stop_reason = COMPLETE          # the method ended its answer itself (a span, a chosen lane)
         if timed_out.is_set():
             yield NoticeEvent("time limit", f"Stopped by this server's time limit of {limit_s:g} s per run "
                                             "(PLAYGROUND_MAX_RUN_SECONDS); the output so far is kept.")
