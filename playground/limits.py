@@ -18,6 +18,7 @@ from typing import Any, Callable
 from .config import settings
 
 GENERATION = "generation"   # the gradio concurrency group of every event that runs a model
+ADMITTED = "playground_admitted"   # set on a request's scope state by the server's door once it let it in
 BURST_S = 1.0               # admissions this recent count as queued: gradio shows an event in its queue a moment after
 
 
@@ -99,8 +100,13 @@ class _EventRequest:
 
 
 def admit_request(limits: ClientLimits, request: Any) -> str | None:
-    """The door check for one gr.Request: None (admitted) or the message; the app's Blocks (for its queue)
-    is found through the request, so the ledger needs no reference to the app."""
+    """The check for one gr.Request, as a handler's gradio `validator`: None (admitted) or the message. A
+    request the server's door (server.QueueDoor) already admitted is not counted again; without the door
+    (an app launched some other way) this is the check. The app's Blocks (for its queue) is found
+    through the request, so the ledger needs no reference to the app."""
+    state = getattr(getattr(request, "request", None), "state", None)
+    if state is not None and getattr(state, ADMITTED, False):
+        return None
     client = client_key(request)
     app = getattr(getattr(request, "request", None), "app", None)
     blocks = app.get_blocks() if app is not None and hasattr(app, "get_blocks") else None

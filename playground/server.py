@@ -8,6 +8,7 @@ had warmed up for over a minute, or after a visitor's run had finished and could
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -18,6 +19,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .config import settings
+from .limits import ADMITTED, GENERATION, ClientLimits, client_key, queued_for
 
 log = logging.getLogger(__name__)
 HEALTH_PATH = "/healthz"
@@ -35,6 +37,73 @@ class NoUploads:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class QueueDoor:
+    """Where a generation asks to join the queue (POST .../queue/join for an event of the generation group),
+    the visitor's rate and queue share are checked before gradio reads the request's inputs: a flood of 40
+    joins costs 40 small JSON reads, not 40 x 280 input conversions that held the event loop for seconds.
+    A refusal is 429 with "try again in N s" in `detail`, which the page shows as the error."""
+
+    def __init__(self, app):
+        self.app = app
+        self.limits = ClientLimits.from_settings()     # one ledger per server
+        self.joining: dict[str, int] = {}              # admitted joins gradio has not queued yet, per client
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/queue/join"):
+            await self.app(scope, receive, send)
+            return
+        body = await _read_body(receive)
+        client = client_key(Request(scope))
+        refusal = self._check(scope, body, client)
+        if refusal:
+            await JSONResponse({"detail": refusal}, status_code=429)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[ADMITTED] = True      # the handlers' own check (limits.py) counts it once
+        # until gradio answers the join, the event is in neither its queue nor this count: hold its place here
+        self.joining[client] = self.joining.get(client, 0) + 1
+        try:
+            await self.app(scope, _replay(body, receive), send)
+        finally:
+            self.joining[client] -= 1
+            if not self.joining[client]:
+                del self.joining[client]
+
+    def _check(self, scope, body: bytes, client: str) -> str | None:
+        try:
+            fn_index = json.loads(body).get("fn_index")
+            blocks = scope["app"].get_blocks()
+            fn = blocks.fns[int(fn_index)]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None                                   # not ours to judge: gradio answers malformed joins
+        if fn.concurrency_id != GENERATION:
+            return None
+        busy, wait_s = queued_for(blocks, client)
+        return self.limits.admit(client, busy + self.joining.get(client, 0), wait_s)
+
+
+async def _read_body(receive) -> bytes:
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that hands the already-read body to the app once, then listens to the real one."""
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 def health(_request: Request) -> JSONResponse:
@@ -56,8 +125,9 @@ def health(_request: Request) -> JSONResponse:
 
 
 def app_kwargs() -> dict:
-    """What the FastAPI app under gradio gets: the health route and the upload guard."""
-    return {"routes": [Route(HEALTH_PATH, health, methods=["GET"])], "middleware": [Middleware(NoUploads)]}
+    """What the FastAPI app under gradio gets: the health route, the upload guard and the queue's door."""
+    return {"routes": [Route(HEALTH_PATH, health, methods=["GET"])],
+            "middleware": [Middleware(NoUploads), Middleware(QueueDoor)]}
 
 
 def auth() -> tuple[str, str] | None:
@@ -102,4 +172,7 @@ def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | N
             warm_up(loaded)           # and time its passes while no visitor competes
     demo = demo or build_app()
     demo.launch(server_name=host or settings().host, server_port=port or settings().port, css=CSS,
-                footer_links=["api", "gradio"], auth=auth(), max_file_size=1, app_kwargs=app_kwargs())
+                footer_links=["api", "gradio"], auth=auth(), max_file_size=1, app_kwargs=app_kwargs(),
+                # gradio 6.31's start-up probe (one HEAD on / with a 3 s timeout, then it raises) killed a
+                # server whose first page render was slow on a busy 2-core machine; /healthz says when we are up
+                _frontend=False)
