@@ -12,6 +12,7 @@ import gradio as gr
 import pytest
 
 from playground.events import MetricsEvent, RunStarted, StatsEvent, TokenEvent
+from visualizers.metrics import metrics_rows
 from visualizers.compare import (MEAN_ENTROPY, diff_html, entropy_overlay_figure, mean_entropy,
                                  probability_overlay_figure, table_rows, token_diff)
 
@@ -43,10 +44,10 @@ def test_token_diff_marks_exactly_the_changed_tokens():
         ("equal", " The"), ("delete", " cat"), ("insert", " dog"), ("equal", " sat"), ("equal", " down"),
         ("insert", "."),
     ]
-    # a repeated common token must not be taken for junk (autojunk) and marked changed
-    many = [" a"] * 250 + [" b"]
-    assert all(p.op == "equal" for p in token_diff(many, many))
-    assert token_diff([], [" x"]) == [token_diff([], [" x"])[0]] and token_diff([], [" x"])[0].op == "insert"
+    # a token common in a long output must not be taken for junk (difflib's autojunk) and marked changed
+    pieces = token_diff([" the", " cat"] * 150, [" the", " dog"] * 150)
+    assert [p.text for p in pieces if p.op == "equal"] == [" the"] * 150
+    assert [(p.op, p.text) for p in token_diff([], [" x"])] == [("insert", " x")]
 
 
 def test_diff_html_escapes_and_marks_insertions_and_deletions():
@@ -155,6 +156,16 @@ def test_a_live_comparison_saves_its_runs_and_itself_on_one_loaded_model(tab, em
     final = yields[-1]
     table = final[len(tab.view.outputs) - 4]
     assert "A: greedy" in table and "B: sampling" in table and "running" not in table
+    tables = [y[len(tab.view.outputs) - 4] for y in yields if not is_skip(y[len(tab.view.outputs) - 4])]
+    assert len(tables) == 1 + 2 + 1          # cleared at the start, after each column, at the end
+    titles = [last_value(yields, compare_ui.MAX_COLUMNS + c * (3 + len(tab.view.columns[0].plots)))
+              for c in range(2)]
+    assert all(f"?run={run_id})" in title for title, run_id in zip(titles, saved.run_ids))
+    # the table's numbers are each run's own metrics panel's, read from the saved events
+    own = dict(metrics_rows(default_repository().events(saved.run_ids[1])))
+    mine = dict(table_rows([default_repository().events(i) for i in saved.run_ids]))
+    assert mine["tokens / s (all time in the method)"][1] == own["tokens / s (all time in the method)"]
+    assert mine["time to first token (s)"][1] == own["time to first token (s)"]
     # drawn again from the stored events, the same texts and table (what a link shows)
     again = compare_outputs(saved.run_ids)
     width = 3 + len(tab.view.columns[0].plots)
@@ -164,9 +175,13 @@ def test_a_live_comparison_saves_its_runs_and_itself_on_one_loaded_model(tab, em
     assert again[-4] == table
 
 
+def is_skip(value) -> bool:
+    return isinstance(value, dict) and value == gr.skip()
+
+
 def last_value(yields, index):
     """The last value a live comparison sent to one output (skips are not values)."""
-    return [y[index] for y in yields if not isinstance(y[index], dict) or y[index].get("__type__") != "update"][-1]
+    return [y[index] for y in yields if not is_skip(y[index])][-1]
 
 
 def test_load_saved_draws_saved_runs_and_saves_them_as_a_comparison(tab, embedded):
@@ -207,3 +222,20 @@ def test_stop_ends_the_comparison_and_keeps_what_ran(tab, embedded):
     assert len(saved.run_ids) == 1 and default_repository().count() == before + 1
     assert default_repository().get(saved.run_ids[0]).status == "stopped"
     assert "stopper" not in compare_ui._stops
+
+
+def test_a_comparison_queues_with_generations_and_asks_at_the_door(embedded):
+    """Its event joins the one generation group (one model run at a time with Generate's) through the
+    fairness check; Stop and drawing saved runs never queue."""
+    from playground.limits import GENERATION
+    from playground.ui import build_app
+
+    demo = build_app()
+    by_name = {}
+    for dep in demo.fns.values():
+        for target in dep.targets:
+            block = demo.blocks.get(target[0])
+            by_name.setdefault(getattr(block, "elem_id", None), []).append(dep)
+    run = by_name["compare-run"][0]
+    assert run.concurrency_id == GENERATION and run.validator is not None and run.queue is not False
+    assert all(dep.queue is False for dep in by_name["compare-stop"] + by_name["compare-load"])

@@ -24,7 +24,7 @@ from visualizers.compare import (LETTERS, column_label, diff_html, entropy_overl
 
 from ..baseline import References
 from ..config import settings
-from ..events import Event
+from ..events import Event, MetricsEvent, RunStarted
 from ..gpu import on_gpu
 from ..limits import GENERATION, ClientLimits, admit_request
 from ..models import EMBEDDED, EMBEDDED_NAME
@@ -78,8 +78,12 @@ class CompareView:
 
 
 def column_values(index: int, events: list[Event]) -> list[Any]:
-    """One column's [title, text, metrics, *plots]."""
-    return [f"**{column_label(index, events)}**", *outputs_for(events)]
+    """One column's [title, text, metrics, *plots]; a finished run's title links to the run itself."""
+    title = f"**{column_label(index, events)}**"
+    start = next((e for e in events if isinstance(e, RunStarted)), None)
+    if start and isinstance(events[-1], MetricsEvent):
+        title += f" · [run `{start.run_id[:8]}`]({settings().public_url.rstrip('/')}/?run={start.run_id})"
+    return [title, *outputs_for(events)]
 
 
 def shared_values(runs: list[list[Event]]) -> list[Any]:
