@@ -116,7 +116,7 @@ class DecodeSession:
             if input_ids.dim() == 1:
                 input_ids = input_ids[None]
             input_ids = input_ids.to(self.device)
-        logits_to_keep = 1 if last_only else 0
+        logits_to_keep = kwargs.pop("logits_to_keep", 1 if last_only else 0)   # the last n rows only, if asked
         with torch.inference_mode():
             if self.lean and lean_forward.supports(model):
                 out = lean_forward.forward(model, input_ids, cache, logits_to_keep=logits_to_keep, **kwargs)

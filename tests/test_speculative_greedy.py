@@ -263,10 +263,15 @@ def test_warm_up_times_every_pass_size(tiny_model, tiny_tokenizer):
 
     _COSTS.pop(tiny_model, None)
     session = DecodeSession(tiny_model, tiny_tokenizer, [], 1, set(), 0)
-    costs = warm_up(session, sizes=range(1, 6))
-    assert sorted(costs.seconds) == [1, 2, 3, 4, 5] and all(t > 0 for t in costs.seconds.values())
-    assert costs.untried([1, 5]) == []                                    # measured sizes are never "tried" again
-    assert session.forward_passes == 1 + 2 * 5                             # the prefix, then each size twice
+    costs = warm_up(session, sizes=range(1, 6), repeats=3)
+    _COSTS.pop(tiny_model, None)                                            # other tests learn their own
+    for table in (costs.seconds, costs.long):                              # short and long context
+        assert sorted(table) == [1, 2, 3, 4, 5] and all(t > 0 for t in table.values())
+    assert session.forward_passes == 2 * (1 + 4 * 5)        # each context, then each size once untimed + 3 timed
+    assert costs.frozen
+    before = dict(costs.seconds)
+    costs.record(2, 99.0)                                                   # a pass timed under load later on
+    assert costs.seconds == before                                          # changes nothing: sizes do not drift
 
 
 def test_rasd_fusion_shares_prefixes():

@@ -3,8 +3,14 @@
 
 A pass over n tokens is not n times a one-token pass: on a 2-core CPU a 3-token pass costs
 about 1.1x a 1-token one and an 11-token pass about 2x (MKL switches kernels at 4 rows), and
-the curve differs on every machine, so it is measured, per model and thread count, by the
-passes the methods run anyway, and shared by every run in the process.
+the curve differs on every machine, so it is measured, per model and thread count, and shared
+by every run in the process.
+
+Measured ONCE, at warm-up, as the median of several passes of each size, at a short and at a long
+context, and then frozen: sizes that followed every pass timed in the process stuck wherever a
+busy moment left them (the same prompt took 78, 33 and 85 target passes in three runs with the
+same output). Only a process that never warmed up (tests, a library user) learns the curve from
+its runs' own passes, as before.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ class CostModel:
     STALE = 50        # passes after which a size's timing is re-checked (it may have been taken under load)
 
     def __init__(self):
+        self.frozen = False                           # measured at warm-up: runs no longer change it
+        self.long: dict[int, float] = {}              # the same sizes timed after LONG_CONTEXT tokens
         self.seconds: dict[int, float] = {}          # the median of the recent passes of each size
         self.recent: dict[int, list[float]] = {}
         self.tried: set[int] = set()
@@ -29,6 +37,8 @@ class CostModel:
         self.last: dict[int, int] = {}                # size -> the pass count when it was last timed
 
     def record(self, n_tokens: int, seconds: float) -> None:
+        if self.frozen:
+            return
         # A median of the last few follows drift but ignores one-off stalls (another process, a GC pause).
         recent = self.recent.setdefault(n_tokens, [])
         recent.append(seconds)
@@ -45,20 +55,33 @@ class CostModel:
         (a browser drawing on the same cores) would otherwise look slow, and go unused, for good."""
         return [n for n in sizes if n in self.last and self.passes - self.last[n] > self.STALE]
 
-    def cost(self, n_tokens: int) -> float:
-        """Piecewise-linear through the measured sizes, made non-decreasing (a bigger pass never
-        costs less; noise can say so); extrapolated flat-then-linear beyond the ends."""
-        sizes = sorted(self.seconds)
-        times = []
-        for m in sizes:
-            times.append(max([self.seconds[m]] + times[-1:]))
-        if n_tokens <= sizes[0]:
-            return times[0]
-        for (a, ta), (b, tb) in zip(zip(sizes, times), zip(sizes[1:], times[1:])):
-            if n_tokens <= b:
-                return ta + (tb - ta) * (n_tokens - a) / (b - a)
-        slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else 0.0
-        return times[-1] + slope * (n_tokens - sizes[-1])
+    def cost(self, n_tokens: int, context: int = 0) -> float:
+        """Seconds for a pass of n_tokens after `context` cached tokens: between the short-context and
+        the long-context curve, linear in the context (attention grows with it), where both were timed."""
+        short = curve_cost(self.seconds, n_tokens)
+        if not self.long or context <= SHORT_CONTEXT:
+            return short
+        weight = (context - SHORT_CONTEXT) / (LONG_CONTEXT - SHORT_CONTEXT)     # > 1: extrapolated
+        return max(short, short + weight * (curve_cost(self.long, n_tokens) - short))
+
+
+SHORT_CONTEXT, LONG_CONTEXT = 32, 640      # the warm-up's two contexts (summaries and RAG prompts: 600-700)
+
+
+def curve_cost(seconds: dict[int, float], n_tokens: int) -> float:
+    """Piecewise-linear through the measured sizes, made non-decreasing (a bigger pass never
+    costs less; noise can say so); extrapolated flat-then-linear beyond the ends."""
+    sizes = sorted(seconds)
+    times = []
+    for m in sizes:
+        times.append(max([seconds[m]] + times[-1:]))
+    if n_tokens <= sizes[0]:
+        return times[0]
+    for (a, ta), (b, tb) in zip(zip(sizes, times), zip(sizes[1:], times[1:])):
+        if n_tokens <= b:
+            return ta + (tb - ta) * (n_tokens - a) / (b - a)
+    slope = (times[-1] - times[-2]) / (sizes[-1] - sizes[-2]) if len(sizes) > 1 else 0.0
+    return times[-1] + slope * (n_tokens - sizes[-1])
 
 
 # One cost model per (model, thread count), shared by every run in this process.
@@ -69,7 +92,7 @@ def cost_model_for(model) -> CostModel:
     return _COSTS.setdefault(model, {}).setdefault(torch.get_num_threads(), CostModel())
 
 
-def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
+def best_size(gains: list[float], costs: CostModel, sizes: list[int], context: int = 0) -> int:
     """The draft size k in `sizes` with the most expected tokens per second, (1 + gains[k]) /
     cost(k + 1), where gains[k] is the expected number of accepted drafts when k are proposed.
 
@@ -80,6 +103,8 @@ def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
     def gain(k: int) -> float:
         return gains[min(k, len(gains) - 1)]
 
+    if costs.frozen:                                   # measured at warm-up: every size has a cost
+        return max(sizes, key=lambda k: (1 + gain(k)) / costs.cost(k + 1, context))
     timed = [k for k in sizes if k + 1 in costs.seconds]
     if not timed:
         todo = costs.untried([k + 1 for k in sizes])
@@ -98,20 +123,28 @@ def best_size(gains: list[float], costs: CostModel, sizes: list[int]) -> int:
     return best
 
 
-def warm_up(session, sizes=range(1, 17), prefix: int = 32) -> CostModel:
-    """Run and time one pass of each size on a short prefix, so that a fresh process's first
-    runs neither pay for first-call kernel setup (each new shape's first matmul is slow) nor
-    spend their rounds trying sizes: every size is passed twice and the second is recorded."""
+WARM_UP_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 17, 25, 33, 49, 65)   # every size the methods ask for lies between
+
+
+def warm_up(session, sizes=WARM_UP_SIZES, repeats: int = 3) -> CostModel:
+    """Time each pass size `repeats` times after a short and after a long context and keep the
+    medians, then freeze the model (see the module notes). A first, untimed pass of each size pays
+    for first-call kernel setup (each new shape's first matmul is slow). About 100 passes: a few
+    seconds at start-up, before any visitor."""
     from .tree import keep_prefix
 
     costs = cost_model_for(session.model)
-    cache = session.new_cache()
-    session.forward(list(range(1, prefix + 1)), cache)
-    for n in sizes:
-        for timed in (False, True):
-            start = time.perf_counter()
-            session.forward(list(range(2, n + 2)), cache, last_only=False)
-            if timed:
-                costs.record(n, time.perf_counter() - start)
-            keep_prefix(cache, prefix)
+    for prefix, table in ((SHORT_CONTEXT, costs.seconds), (LONG_CONTEXT, costs.long)):
+        cache = session.new_cache()
+        session.forward([1 + i % 90 for i in range(prefix)], cache)
+        for n in sizes:
+            times = []
+            for attempt in range(repeats + 1):
+                start = time.perf_counter()
+                session.forward(list(range(2, n + 2)), cache, last_only=False)
+                if attempt:
+                    times.append(time.perf_counter() - start)
+                keep_prefix(cache, prefix)
+            table[n] = sorted(times)[len(times) // 2]
+    costs.frozen = True
     return costs

@@ -1,0 +1,125 @@
+"""Draft sizes that hold: prompt lookup's suffix match and its copy estimate that recovers, a cost
+curve measured once and never dragged by passes timed under load, DEL's shadow-token schedule, and
+Token Recycling's warm start on a long prompt. Tiny float64 model; no timing is asserted."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from playground.decoding import DecodeSession
+from playground.events import VerifyEvent
+from strategies import REGISTRY
+from strategies.speculative.cost_model import CostModel, best_size
+from strategies.speculative.prompt_lookup import CopyRates, copy_outcome, suffix_lookup
+from test_speculative_greedy import greedy, run
+
+
+def test_suffix_lookup_takes_the_longest_then_the_newest_match():
+    #        0  1  2  3  4  5  6  7  8  9
+    ids = [1, 2, 3, 4, 9, 2, 3, 5, 1, 2, 3]
+    assert suffix_lookup(ids, 3) == ([4, 9, 2], 3, 3)                  # "1 2 3" beats the newer "2 3"
+    assert suffix_lookup([7, 3, 8, 3, 9, 3], 2) == ([9, 3], 4, 1)        # equally long: the newest
+    assert suffix_lookup([1, 2, 3], 4) == ([], -1, 0)
+    assert suffix_lookup([4, 4, 4, 4], 5)[2] == 3                        # overlapping matches count
+
+
+def test_copy_outcome_judges_up_to_the_first_wrong_token():
+    assert copy_outcome([5, 6, 7], [5, 6, 8, 9]) == (3, 2)
+    assert copy_outcome([5, 6, 7], [5]) == (1, 1)                        # only what was written is known
+    assert copy_outcome([5, 6], [4]) == (1, 0)
+    assert copy_outcome([], [4]) == (0, 0)
+
+
+class FakeSession:
+    def __init__(self, output):
+        self.output_ids = output
+
+
+def test_copy_estimate_recovers_while_nothing_is_proposed(tiny_model):
+    """The issue's stall: after a partly rejected draft the estimate fell and no round proposed again,
+    because only proposed drafts were scored. Here no round proposes, yet copies that come true
+    (the target wrote the copy's first token) raise the estimate again."""
+    from strategies.speculative.loop import Draft
+    from strategies.speculative.tree import DraftTree
+
+    from strategies.speculative.rounds import PlainStepNotice
+
+    strategy = REGISTRY["prompt_lookup"]()
+    strategy.costs, strategy.rates, strategy.notice = CostModel(), CopyRates(), PlainStepNotice()
+    rate = strategy.rates.of(3)
+    rate.record(3, 1)                                                   # a partly rejected draft
+    low = rate.value
+    for step in range(6):                                               # plain rounds: nothing proposed
+        before = step
+        draft = Draft(DraftTree.rooted(1), context=([5, 6, 7], rate, before))
+        session = FakeSession([0] * before + [5])                       # the target wrote the copy's 1st token
+        list(strategy.after_round(session, draft, None, None, 0.01, step))
+    assert rate.value > low + 0.3 and rate.value > 0.75
+
+
+def test_a_frozen_cost_model_ignores_later_timings_and_reads_the_context():
+    costs = CostModel()
+    costs.seconds = {1: 1.0, 11: 1.5}                                   # +5 % of a pass per token
+    costs.long = {1: 1.0, 11: 4.0}                                      # +30 % per token after 640 tokens
+    costs.frozen = True
+    costs.record(2, 50.0)                                               # a pass timed while the machine was busy
+    assert costs.seconds == {1: 1.0, 11: 1.5}
+    assert costs.cost(5, context=32) == pytest.approx(1.2)
+    assert costs.cost(5, context=336) == pytest.approx(1.7)             # half way from 32 to 640 tokens
+    assert costs.cost(5, context=640) == pytest.approx(2.2)
+    gains = [sum(0.5 ** i for i in range(1, k + 1)) for k in range(11)]   # a copy right half the time
+    # short: (1 + gains[k]) / (1 + 0.05 k) is 1.43, 1.59, 1.63, 1.61 for k = 1..4: 3 tokens
+    assert best_size(gains, costs, list(range(11)), context=32) == 3
+    # long: (1 + gains[k]) / (1 + 0.3 k) is 1.00, 1.15, 1.09 for k = 0..2: 1 token
+    assert best_size(gains, costs, list(range(11)), context=640) == 1
+
+
+def test_the_same_prompt_takes_the_same_passes_after_a_busy_spell(tiny_model, tiny_tokenizer):
+    """Sizes follow the warm-up's medians, not the latest timings: a run after passes timed 100x too
+    slow drafts exactly as the run before it (they took 78, 33 and 85 passes in three runs)."""
+    from strategies.speculative.cost_model import _COSTS, warm_up
+
+    _COSTS.pop(tiny_model, None)
+    costs = warm_up(DecodeSession(tiny_model, tiny_tokenizer, [], 1, set(), 0), sizes=(1, 2, 3, 5, 9, 13), repeats=1)
+    try:
+        prompt = [5, 17, 33, 41, 5, 17, 33, 41, 5, 17]
+        for name, params in (("prompt_lookup", {"draft_length": "measured"}), ("token_recycling", {"adaptive": True})):
+            first = [e.drafted for e in run(tiny_model, tiny_tokenizer, name, prompt, **params)[1]
+                     if isinstance(e, VerifyEvent)]
+            for n in range(1, 70):
+                costs.record(n, 100.0 * n)                              # what a loaded machine would time
+            again = [e.drafted for e in run(tiny_model, tiny_tokenizer, name, prompt, **params)[1]
+                     if isinstance(e, VerifyEvent)]
+            assert first == again, name
+    finally:
+        _COSTS.pop(tiny_model, None)
+
+
+def test_del_reads_shadow_tokens_less_often_while_it_takes_plain_steps():
+    from strategies.speculative.early_exit import LensSchedule
+
+    lens, reads = LensSchedule(4), []
+    for step in range(80):
+        drafting = 60 <= step < 62
+        read = lens.due(step, drafting)
+        reads += [step] * read
+        lens.after(step, read, drafting)
+    assert reads == [0, 8, 24, 56, 60, 64, 72]             # gaps 8, 16, 32; drafting: every 4th again; then 8
+
+
+def test_token_recycling_warms_from_the_latest_prompt_rows(tiny_model, tiny_tokenizer):
+    from strategies.speculative.token_recycling import WARM_ROWS
+    from test_speculative_greedy import sequential_logits
+
+    prompt = [(7 * i) % 90 + 3 for i in range(WARM_ROWS + 20)]
+    session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 1, set(), 0)
+    strategy = REGISTRY["token_recycling"](top_k=3)
+    list(strategy.decode(session))
+    last = {}
+    for i in range(len(prompt) - 1 - WARM_ROWS, len(prompt) - 1):
+        last[prompt[i]] = i                                             # a later occurrence overwrites
+    for token, i in list(last.items())[-4:]:
+        assert strategy.matrix[token].tolist() == sequential_logits(tiny_model, prompt[:i + 1]).topk(3).indices.tolist()
+    ours = run(tiny_model, tiny_tokenizer, "token_recycling", prompt, max_new=12)[0]
+    assert ours == greedy(tiny_model, tiny_tokenizer, prompt, max_new=12)
