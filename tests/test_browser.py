@@ -7,6 +7,7 @@ and the metrics on the page."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -125,8 +126,8 @@ def test_generate_streams_text_and_plots_then_history(server, page):
 
     # the share link reopens the run from stored events (no model call)
     page.goto(f"{server}/?run={run_id}")
-    page.locator("#history-output .dp-tok").first.wait_for(timeout=30_000)
-    assert page.locator("#history-output .dp-tok").count() == 48
+    page.locator("#shared-output .dp-tok").first.wait_for(timeout=30_000)
+    assert page.locator("#shared-output .dp-tok").count() == 48
 
 
 def test_html_in_a_prompt_is_shown_as_text(server, page):
@@ -554,3 +555,187 @@ def test_exact_extract_marks_the_span_and_ranks_the_spans(server, page, clean_se
     expect_panels(page, drawn=("extract_spans",), hidden=("tree", "weights"))
     expect(page.locator("#plot-extract_spans")).to_contain_text("Top spans")
     assert page.dialogs == []
+
+
+# --- Compare: three methods live, then the same comparison drawn again in another browser ---------------
+
+COMPARE_METHODS = ("greedy", "sampling", "top_h")
+COMPARE_TOKENS = 6
+
+
+def compare_table(page) -> dict[str, list[str]]:
+    rows = page.locator("#compare-table table tr").evaluate_all(
+        "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))")
+    return {row[0]: row[1:] for row in rows}
+
+
+def compare_texts(page, n) -> list[list[str]]:
+    return [page.locator(f"#compare-text-{i} .dp-tok").evaluate_all("els => els.map(e => e.textContent)")
+            for i in range(n)]
+
+
+def test_compare_three_methods_live_then_the_same_in_a_new_browser(server, page, browser):
+    page.goto(server)
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-n").get_by_text("3", exact=True).click()
+    expect(page.locator("#compare-col-2")).to_be_visible()
+    page.locator("#compare-prompt textarea").fill("Write a short poem about the sea.")
+    tokens = page.get_by_label("new tokens per column")
+    tokens.fill(str(COMPARE_TOKENS))
+    tokens.press("Enter")
+    for column, name in enumerate(COMPARE_METHODS[1:], start=1):
+        box = page.get_by_label(f"Method {'ABC'[column]}", exact=True)
+        box.click()
+        page.get_by_role("option", name=REGISTRY[name].title, exact=True).click()
+        expect(box).to_have_value(REGISTRY[name].title)
+    page.click("#compare-run")
+    page.locator("#compare-link", has_text="Saved as comparison").wait_for(timeout=150_000)
+
+    texts = compare_texts(page, 3)
+    assert [len(t) for t in texts] == [COMPARE_TOKENS] * 3
+    table = compare_table(page)
+    assert table[""] == [f"{'ABC'[i]}: {name}" for i, name in enumerate(COMPARE_METHODS)]
+    assert table["new tokens"] == [str(COMPARE_TOKENS)] * 3
+    assert table["method"] == list(COMPARE_METHODS)
+    expect(page.locator("#compare-entropy .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#compare-diff")).to_contain_text("A: greedy → C: top_h")
+    expect(page.locator("#compare-out-3")).to_be_hidden()
+    run_ids = [page.locator(f"#compare-title-{i} a").get_attribute("href").split("?run=")[1] for i in range(3)]
+
+    # another browser (a fresh context: no shared storage) draws the saved runs again, from stored events
+    other = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        fresh = other.new_page()
+        fresh.goto(server)
+        fresh.get_by_role("tab", name="Compare").click()
+        fresh.get_by_text("Compare saved runs").click()
+        fresh.locator("#compare-saved-ids textarea, #compare-saved-ids input").first.fill(", ".join(run_ids))
+        fresh.click("#compare-load")
+        fresh.locator("#compare-link", has_text="Saved as comparison").wait_for(timeout=30_000)
+        assert compare_texts(fresh, 3) == texts
+        assert compare_table(fresh) == table
+    finally:
+        other.close()
+    assert page.dialogs == []
+
+
+# --- History per browser, share links, fork, delete (helper 10a) --------------------------------
+
+def generate_short(page, prompt, max_new=6) -> str:
+    """Generate greedy on the page and return the saved run's id. Waits for the browser key to be made
+    and stored on the page's first load (a run started before it has no owner)."""
+    page.wait_for_function("() => localStorage.getItem('decoding-playground-owner')", timeout=30_000)
+    set_prompt(page, prompt)
+    set_max_tokens(page, max_new)
+    page.click("#generate button, button#generate")
+    wait_finished(page)
+    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
+    return page.locator("#run-link").inner_text().split("`")[1] if "`" in page.locator("#run-link").inner_text() \
+        else re.search(r"[0-9a-f]{32}", page.locator("#run-link").inner_text()).group(0)
+
+
+def open_history(page):
+    page.get_by_role("tab", name="History").click()
+    page.locator("#history-info", has_text="Page ").wait_for(timeout=30_000)
+
+
+def test_history_is_per_browser_and_a_link_opens_read_only_with_fork(server, page, browser):
+    prompt = "Name one colour of the sky."
+    page.goto(server)
+    run_id = generate_short(page, prompt)
+    open_history(page)
+    page.locator("#history-table", has_text=prompt).wait_for(timeout=30_000)
+
+    other = browser.new_context(viewport={"width": 1400, "height": 1000})
+    other.grant_permissions(["clipboard-read", "clipboard-write"])
+    try:
+        fresh = other.new_page()
+        fresh.goto(server)
+        open_history(fresh)                       # a new context = a new browser key: not A's runs
+        expect(fresh.locator("#history-table")).not_to_contain_text(prompt)
+        expect(fresh.locator("#history-table")).not_to_contain_text(run_id)
+
+        fresh.goto(f"{server}/?run={run_id}")     # the link: the saved result first, above the tabs
+        expect(fresh.locator("#shared-title")).to_contain_text(f"Shared run {run_id}")
+        expect(fresh.locator("#shared-output .dp-tok")).to_have_count(6)
+        assert fresh.locator("#shared-output .dp-tok").all_inner_texts() == \
+            page.locator("#output .dp-tok").all_inner_texts()
+        assert fresh.locator("#shared").bounding_box()["y"] < fresh.get_by_role("tab", name="Generate").bounding_box()["y"]
+        url = fresh.locator("#share-url textarea, #share-url input").first
+        expect(url).to_have_value(re.compile(rf"^http://127\.0\.0\.1:\d+/\?run={run_id}$"))
+        expect(url).not_to_be_editable()                                           # read-only
+        fresh.click("#copy-link")
+        expect(fresh.locator("#copy-status")).to_contain_text("Link copied")
+        assert fresh.evaluate("navigator.clipboard.readText()") == url.input_value()
+        expect(fresh.locator("#shared-json")).to_be_visible()
+
+        fresh.click("#shared-fork")                # the settings go into the Generate form
+        expect(fresh.locator("#prompt textarea")).to_have_value(prompt)
+        expect(fresh.get_by_label("max new tokens").first).to_have_value("6")
+        expect(fresh.get_by_label("Method", exact=True)).to_have_value(REGISTRY["greedy"].title)
+        expect(fresh.locator("#shared")).to_be_hidden()
+
+        # the owner deletes it (with confirmation); the link then says "not found"
+        page.locator("#run-id textarea, #run-id input").first.fill(run_id)
+        page.click("#open-run")
+        page.locator("#history-output .dp-tok").first.wait_for(timeout=30_000)
+        page.click("#history-delete")
+        page.click("#history-delete-confirm")
+        expect(page.locator("#history-link")).to_contain_text(f"Deleted run {run_id}")
+        expect(page.locator("#history-table")).not_to_contain_text(prompt)
+        fresh.goto(f"{server}/?run={run_id}")
+        expect(fresh.locator("#shared-title")).to_contain_text("Not found")
+    finally:
+        other.close()
+    assert page.dialogs == []
+
+
+# --- Branch from a token, tooltips at the right edge, the error toast (helper 10c) ---------------
+
+def test_branch_from_a_clicked_token_continues_with_another_and_marks_the_view(server, page):
+    page.goto(server)
+    parent = generate_short(page, "Name a colour of the sea.", max_new=8)
+    texts = page.locator("#output .dp-tok").all_inner_texts()
+    page.locator("#output .dp-tok").nth(2).click()                 # its alternatives, rank 1 first
+    expect(page.locator("#branch-choice")).to_be_visible()
+    options = page.locator("#branch-choice label")
+    expect(options.first).to_contain_text("rank 1")
+    assert options.count() >= 2
+    options.nth(1).click()                                         # the second most probable token
+    set_max_tokens(page, 4)
+    page.click("#branch-continue button, button#branch-continue")
+    page.locator("#output .dp-branch-point").wait_for(timeout=60_000)
+    wait_finished(page)
+    expect(page.locator("#output .dp-branch-note")).to_contain_text("at token 2")
+    assert page.locator("#output .dp-inherited").inner_text() == "".join(texts[:2])
+    expect(page.locator("#output .dp-tok")).to_have_count(4)      # only the branch's own tokens are its tokens
+    expect(page.locator("#run-link")).to_contain_text("Saved as run")
+    assert parent not in page.locator("#run-link").inner_text()     # a new run, with a link of its own
+    assert page.dialogs == []
+
+
+def test_tooltips_at_the_right_edge_open_leftwards_and_say_the_rank(server, page):
+    page.goto(server)
+    generate_short(page, "Write two sentences about rivers.", max_new=40)   # long enough to wrap
+    tokens = page.locator("#output .dp-tok")
+    boxes = [tokens.nth(i).bounding_box() for i in range(tokens.count())]
+    one_line = [i for i, b in enumerate(boxes) if b["height"] < 25]      # a token wrapped over two lines spans both
+    right = max(one_line, key=lambda i: boxes[i]["x"] + boxes[i]["width"])
+    for index in (0, right):
+        tokens.nth(index).hover()
+        tip = tokens.nth(index).evaluate("""el => { const r = el.getBoundingClientRect(), s = getComputedStyle(el, '::after');
+            const w = parseFloat(s.width), left = el.classList.contains('dp-tip-left');
+            return {left, from: left ? r.right - w : r.left, to: left ? r.right : r.left + w, view: innerWidth}; }""")
+        assert 0 <= tip["from"] and tip["to"] <= tip["view"], (index, tip)
+    assert page.locator("#output .dp-tip-left").count() >= 1
+    assert "rank " in tokens.first.get_attribute("data-tip")
+
+
+def test_an_error_toast_clears_the_previous_output(server, page):
+    page.goto(server)
+    generate_short(page, "Say hello.", max_new=4)
+    set_prompt(page, "   ")
+    page.click("#generate button, button#generate")
+    expect(page.get_by_text("The prompt is empty").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#output .dp-tok")).to_have_count(0)
+    expect(page.locator("#run-link")).not_to_contain_text("Saved as run")

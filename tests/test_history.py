@@ -141,3 +141,72 @@ def test_history_page_answers_in_under_a_second_with_10000_runs(tmp_path):
     finally:
         event.remove(engine, "before_cursor_execute", listener)
     assert statements and not any("runs.events" in s for s in statements)
+
+
+# --- the page's handlers, called as gradio calls them (no browser) -------------------------------
+
+@pytest.fixture(scope="module")
+def app_handlers():
+    """The app's History / share handlers by name, each with its output count."""
+    from playground.ui import build_app
+
+    demo = build_app()
+    found: dict[str, tuple] = {}
+    for f in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns):
+        found.setdefault(getattr(f.fn, "__name__", ""), (f.fn, len(f.outputs)))
+    return found
+
+
+def visitor(key: str, **query):
+    import gradio as gr
+
+    return gr.Request(username=None, query_params=query)
+
+
+def test_the_history_handlers_answer_their_outputs_and_only_the_owner_acts(app_handlers):
+    import gradio as gr
+
+    from storage import default_repository
+    from storage.export import dumps, run_export
+
+    repo = default_repository()
+    mine, theirs = "a" * 32, "b" * 32
+    run_id = save(repo, f"browser:{mine}", prompt="handler test")
+
+    def call(name, *args):
+        fn, n_outputs = app_handlers[name]
+        values = fn(*args)
+        assert n_outputs == 1 or len(values) == n_outputs, name
+        return values
+
+    table, info, _, page = call("show", visitor(mine), "mine", "handler", "", "", False, 1, mine)
+    assert [row[0] for row in table] == [run_id] and "1 your runs match" in info and page == 1
+    assert call("show", visitor(theirs), "mine", "", "", "", False, 1, theirs)[0] == []
+    call("open_", visitor(mine), run_id)
+    with pytest.raises(gr.Error):
+        call("flip", visitor(theirs), run_id, theirs)                 # not the owner
+    assert "favourite" in call("flip", visitor(mine), run_id, mine)
+    assert repo.summaries([run_id])[0].favourite or repo.summaries([run_id])[0].public
+    with pytest.raises(gr.Error):
+        call("delete", visitor(theirs), run_id, theirs)
+    text = dumps(run_export(repo.get(run_id), repo.events(run_id)))
+    before = repo.count()
+    assert call("do_import", visitor(theirs), text, theirs)[0] == ""     # the paste box is cleared
+    assert repo.count() == before + 1
+    assert call("show", visitor(theirs), "mine", "handler", "", "", False, 1, theirs)[1].startswith("Page 1 of 1 · 1 ")
+    values = call("delete", visitor(mine), run_id, mine)
+    assert f"Deleted run `{run_id}`" in values[2] and repo.events(run_id) is None
+    shown = call("values", visitor(theirs, run=run_id))
+    assert "Not found" in shown[1]
+
+
+def test_compare_selected_loads_the_ticked_runs_into_compare(app_handlers):
+    from storage import default_repository
+
+    repo = default_repository()
+    key = "e" * 32
+    a, b = save(repo, f"browser:{key}"), save(repo, f"browser:{key}")
+    fn, n_outputs = app_handlers["compare_selected"]
+    values = fn(visitor(key), f"{a},{b}", key)
+    assert len(values) == n_outputs and values[0] == f"{a},{b}"
+    assert "Saved as comparison" in values[-1]

@@ -11,7 +11,8 @@ from .common import stream
 from .compare import build_compare_tab
 from .generate import build_generate_tab, request_from_inputs
 from .identity import browser_key_state, new_key
-from .history import build_history_tab, history_rows, open_run
+from .history import build_history_tab
+from .share import SharedPanel
 
 __all__ = ["build_app", "launch", "stream", "request_from_inputs"]
 
@@ -23,26 +24,26 @@ def build_app() -> gr.Blocks:
         gr.Markdown("## Decoding Playground\nPick a model and a decoding method, press **Generate**, and watch "
                     "the method work. Hover a token for its probability and the alternatives.")
         token_scripts()                      # click a token to branch; tooltips kept on screen (branch.py)
+        shared = SharedPanel()               # what a ?run= / ?compare= link opens, above the tabs (share.py)
         with gr.Tabs(selected="generate") as tabs:
             with gr.Tab("Generate", id="generate"):
-                build_generate_tab(greedy_references, browser_key, tabs)
+                form = build_generate_tab(greedy_references, browser_key, tabs)
             with gr.Tab("History", id="history"):
-                history = build_history_tab()
+                history = build_history_tab(browser_key)
             with gr.Tab("Compare", id="compare"):
-                compare = build_compare_tab(greedy_references, browser_key)   # noqa: F841 (compare.saved_ids: History fills it)
-        tabs.select(history_rows, None, history.table, queue=False)
+                compare = build_compare_tab(greedy_references, browser_key)
+        shared.wire(tabs, form)
+        history.refresh_on(tabs.select)
 
-        def open_from_link(request: gr.Request):
-            from storage import default_repository
+        def compare_selected(request: gr.Request, ids_text, key):
+            return [ids_text, gr.Tabs(selected="compare"), *compare.load_saved(ids_text, request, key)]
 
-            run_id = (request.query_params.get("run") or "").strip() if request else ""
-            if not run_id or default_repository().events(run_id) is None:
-                return [gr.skip(), gr.skip(), *[gr.skip() for _ in history.outputs]]
-            return [gr.Tabs(selected="history"), run_id, *open_run(run_id)]
+        history.compare.click(compare_selected, [history.selected, browser_key],
+                              [compare.saved_ids, tabs, *compare.view.outputs, compare.link], queue=False)
 
-        demo.load(new_key, browser_key, browser_key, queue=False)
-        demo.load(open_from_link, None, [tabs, history.run_id, *history.outputs], queue=False)
-    # api_open=False: queued events only through the queue (its validator: limits.py), never by direct POST
+        history.refresh_on(demo.load(new_key, browser_key, browser_key, queue=False).then)
+        demo.load(shared.values, None, shared.outputs, queue=False)
+    # api_open=False: queued events only through the queue (its door: server.QueueDoor), never by direct POST
     demo.queue(max_size=settings().queue_size, default_concurrency_limit=1, api_open=False)
     return demo
 
