@@ -142,7 +142,7 @@ TOOLTIP_JS = """
 document.addEventListener('mouseover', (e) => {
   const tok = e.target.closest ? e.target.closest('.dp-tok') : null;
   if (!tok) return;
-  const r = tok.getBoundingClientRect();
+  const r = tok.getClientRects()[0] || tok.getBoundingClientRect();   // a wrapped token: its first line holds the tip
   const box = (tok.closest('.dp-output') || document.body).getBoundingClientRect();
   const width = parseFloat(getComputedStyle(tok, '::after').width) || 280;
   const rightThird = r.left - box.left > box.width * 2 / 3;
