@@ -322,3 +322,26 @@ def loaded_ids() -> list[tuple[str, str]]:
 
 def display_name(model_id: str) -> str:
     return EMBEDDED_NAME if model_id == EMBEDDED else model_id
+
+
+def available_models() -> list[str]:
+    """What the model box offers without the network: the embedded model and its default draft, model
+    folders converted into the cache (scripts/setup.sh --gemma puts one there), and Hub models whose
+    snapshot is already downloaded; only those this server allows. Any other Hub id or folder still works."""
+    from huggingface_hub import constants
+
+    offered = [settings().default_model, EMBEDDED, f"{EMBEDDED}@layers=24"]
+    converted = settings().cache_dir / "models"
+    embedded_copy = converted / "smollm2-135m-instruct-q4_1"          # the embedded model's own conversion
+    offered += [str(c.parent) for c in sorted(converted.glob("*/config.json")) if c.parent != embedded_copy]
+    hub = Path(constants.HF_HUB_CACHE)
+    offered += [d.name[len("models--"):].replace("--", "/") for d in sorted(hub.glob("models--*"))
+                if any((d / "snapshots").glob("*/config.json"))]
+    shown = []
+    for model_id in dict.fromkeys(offered):
+        try:
+            check_allowed(model_id)
+        except ModelLoadError:
+            continue
+        shown.append(model_id)
+    return shown

@@ -15,7 +15,7 @@ from visualizers import PANELS
 from ..config import settings
 from ..gpu import on_gpu
 from ..limits import GENERATION, ClientLimits, admit_request
-from ..models import EMBEDDED, EMBEDDED_NAME
+from ..models import EMBEDDED, EMBEDDED_NAME, available_models
 from ..prompts import PROMPT_SETS
 from ..runner import GenerationRequest, InvalidRequest, PreparedRun, prepare
 from .branch import BranchPanel
@@ -29,7 +29,7 @@ _stops: dict[str, threading.Event] = {}
 @dataclass
 class Form:
     """The Generate form's components, in the order `request_from_inputs` reads them."""
-    model: gr.Textbox
+    model: gr.Dropdown
     draft: gr.Textbox
     dtype: gr.Radio
     method: gr.Dropdown
@@ -100,8 +100,10 @@ def live_page(request: gr.Request, prepared: PreparedRun, references, key) -> It
 def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState, tabs: gr.Tabs | None = None) -> Form:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
-            model = gr.Textbox(value=settings().default_model, label="Model",
-                               info=f"'{EMBEDDED}' = {EMBEDDED_NAME}; or a Hub id / local folder")
+            # the models at hand offline, listed when the page is built; typing any Hub id or folder still works
+            model = gr.Dropdown(available_models(), value=settings().default_model, label="Model",
+                                allow_custom_value=True, elem_id="model",
+                                info=f"'{EMBEDDED}' = {EMBEDDED_NAME}; or type a Hub id / local folder")
             draft = gr.Textbox(value="", label="Draft model (speculative methods)",
                                info="empty = the method's default; any model sharing the tokenizer")
             dtype = gr.Radio(["float32", "bfloat16"], value=settings().default_dtype, label="dtype")
