@@ -116,6 +116,8 @@ class DecodeSession:
             if input_ids.dim() == 1:
                 input_ids = input_ids[None]
             input_ids = input_ids.to(self.device)
+        # masks and positions are built on the CPU by the methods; the model may sit on a GPU (models.py)
+        kwargs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
         logits_to_keep = kwargs.pop("logits_to_keep", 1 if last_only else 0)   # the last n rows only, if asked
         with torch.inference_mode():
             if self.lean and lean_forward.supports(model):
@@ -123,7 +125,8 @@ class DecodeSession:
             else:
                 out = model(input_ids=input_ids, cache=cache, use_cache=cache is not None,
                             logits_to_keep=logits_to_keep, **kwargs)
-        return out.logits[:, -1] if last_only else out.logits, out
+        logits = out.logits[:, -1] if last_only else out.logits
+        return logits.cpu(), out     # methods pick tokens on the CPU (their seeded generators live there); no copy on a CPU
 
     def prefill(self, cache) -> torch.Tensor:
         """Run the prompt through the model; returns next-token logits (V,)."""
