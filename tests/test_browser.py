@@ -6,6 +6,7 @@ and the metrics on the page."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -102,6 +103,8 @@ def wait_finished(page, timeout=120_000):
 
 def test_generate_streams_text_and_plots_then_history(server, page):
     page.goto(server)
+    # History lists this browser's own runs: its key is made on the first load (a run before it has no owner)
+    page.wait_for_function("() => localStorage.getItem('decoding-playground-owner')", timeout=30_000)
     set_prompt(page, "Write a short poem about the sea.")
     set_max_tokens(page, 48)
     page.click("#generate button, button#generate")
@@ -622,16 +625,19 @@ def test_compare_three_methods_live_then_the_same_in_a_new_browser(server, page,
 # --- History per browser, share links, fork, delete (helper 10a) --------------------------------
 
 def generate_short(page, prompt, max_new=6) -> str:
-    """Generate greedy on the page and return the saved run's id. Waits for the browser key to be made
-    and stored on the page's first load (a run started before it has no owner)."""
+    """Generate greedy on the page and return the saved run's id (a new one: the page may still show
+    the previous run's link). Waits for the browser key to be made and stored on the page's first
+    load (a run started before it has no owner)."""
     page.wait_for_function("() => localStorage.getItem('decoding-playground-owner')", timeout=30_000)
+    before = re.search(r"[0-9a-f]{32}", page.locator("#run-link").inner_text())
     set_prompt(page, prompt)
     set_max_tokens(page, max_new)
     page.click("#generate button, button#generate")
+    saved = page.wait_for_function("""(before) => { const el = document.querySelector('#run-link');
+        const m = el && el.innerText.includes('Saved as run') && el.innerText.match(/[0-9a-f]{32}/);
+        return m && m[0] !== before ? m[0] : null; }""", arg=before.group(0) if before else "", timeout=120_000)
     wait_finished(page)
-    page.locator("#run-link", has_text="Saved as run").wait_for(timeout=30_000)
-    return page.locator("#run-link").inner_text().split("`")[1] if "`" in page.locator("#run-link").inner_text() \
-        else re.search(r"[0-9a-f]{32}", page.locator("#run-link").inner_text()).group(0)
+    return saved.json_value()
 
 
 def open_history(page):
@@ -739,3 +745,47 @@ def test_an_error_toast_clears_the_previous_output(server, page):
     expect(page.get_by_text("The prompt is empty").first).to_be_visible(timeout=30_000)
     expect(page.locator("#output .dp-tok")).to_have_count(0)
     expect(page.locator("#run-link")).not_to_contain_text("Saved as run")
+
+
+def test_compare_selected_from_history_then_its_link_export_and_import_in_another_browser(server, page, browser):
+    page.goto(server)
+    prompts = ["Name a fruit.", "Name an animal."]
+    run_ids = [generate_short(page, p, max_new=4) for p in prompts]
+    assert run_ids[0] != run_ids[1]
+    open_history(page)
+    for run_id in run_ids:
+        expect(page.locator("#history-table")).to_contain_text(run_id)
+    for run_id in run_ids:
+        box = page.locator("#history-ticks label", has_text=run_id[:8]).locator("input")
+        box.check()
+        expect(box).to_be_checked()
+    page.click("#compare-selected")
+    page.locator("#compare-link", has_text="Saved as comparison").wait_for(timeout=30_000)
+    comparison_id = re.search(r"comparison ([0-9a-f]{32})", page.locator("#compare-link").inner_text()).group(1)
+    texts = [page.locator(f"#compare-text-{i} .dp-tok").all_inner_texts() for i in range(2)]
+    assert [len(t) for t in texts] == [4, 4]
+
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    try:
+        fresh = other.new_page()
+        fresh.goto(f"{server}/?compare={comparison_id}")
+        expect(fresh.locator("#shared-title")).to_contain_text(f"Shared comparison {comparison_id}")
+        for i in range(2):
+            expect(fresh.locator(f"#shared-compare-text-{i} .dp-tok")).to_have_count(4)
+            assert fresh.locator(f"#shared-compare-text-{i} .dp-tok").all_inner_texts() == texts[i]
+        with fresh.expect_download() as download:
+            fresh.click("#shared-json")
+        export = open(download.value.path(), encoding="utf-8").read()
+        assert json.loads(export)["comparison"]["run_ids"] == run_ids
+
+        fresh.click("#shared-close")
+        open_history(fresh)
+        fresh.get_by_text("Import a JSON export").click()
+        fresh.locator("#import-text textarea").fill(export)
+        fresh.click("#import-run")
+        expect(fresh.locator("#import-result")).to_contain_text("Imported 2 run(s)")
+        expect(fresh.locator("#history-table")).to_contain_text(prompts[0])      # now this browser's own
+        expect(page.locator("#history-table")).not_to_contain_text("Imported")
+    finally:
+        other.close()
+    assert page.dialogs == []
