@@ -43,7 +43,7 @@ def superpose(embedding: torch.Tensor, tokens: list[int], scores: list[float]) -
         merged[t] = merged.get(t, 0.0) + wt
     total = sum(merged.values())
     ids = list(merged)
-    mix = torch.tensor([merged[t] / total for t in ids], dtype=embedding.dtype)
+    mix = torch.tensor([merged[t] / total for t in ids], dtype=embedding.dtype, device=embedding.device)
     rows = embedding[torch.tensor(ids, dtype=torch.long)]
     return (mix[:, None] * rows).sum(0), w.tolist(), len(ids)
 

@@ -52,7 +52,7 @@ def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], positions: int) 
     with torch.inference_mode():
         early_tokens = model.lm_head(model.model.norm(early)).argmax(-1)
         final_tokens = model.lm_head(hidden_states[layers][0, :positions]).argmax(-1)
-    return torch.cat([early_tokens, final_tokens[None]])
+    return torch.cat([early_tokens, final_tokens[None]]).cpu()     # compared with tokens picked on the CPU
 
 
 class LayerAgreement:
