@@ -105,3 +105,20 @@ def test_a_run_past_the_time_limit_stops_and_is_saved_as_such(env, embedded, mon
     assert any(isinstance(e, NoticeEvent) and e.key == "time limit" and "5 s" in e.message for e in events)
     repository = RunRepository(f"sqlite:///{tmp_path / 'runs.sqlite3'}")
     assert repository.get(repository.save(events)).status == "time limit"
+
+
+def test_a_run_the_database_refuses_keeps_its_output_and_says_why(env, embedded, tmp_path):
+    """The page's stream: the run goes on, its tokens and metrics stay, a notice names the database and the reason."""
+    import threading
+
+    from playground.ui.common import stream
+
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_bytes(b"not a database " * 100)
+    env(PLAYGROUND_DB=str(bad))
+    prepared = prepare(GenerationRequest(prompt="Hi", max_new_tokens=3), embedded)
+    *_, (events, run_id, _) = stream(prepared, threading.Event(), None)
+    assert run_id is None and isinstance(events[-1], MetricsEvent)
+    assert len([e for e in events if isinstance(e, TokenEvent)]) == 3
+    (notice,) = [e for e in events if isinstance(e, NoticeEvent) and e.key == "not saved"]
+    assert f"the database {bad} refused it: file is not a database" in notice.message
