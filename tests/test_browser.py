@@ -566,14 +566,14 @@ COMPARE_METHODS = ("greedy", "sampling", "top_h")
 COMPARE_TOKENS = 6
 
 
-def compare_table(page) -> dict[str, list[str]]:
-    rows = page.locator("#compare-table table tr").evaluate_all(
+def compare_table(page, prefix="compare") -> dict[str, list[str]]:
+    rows = page.locator(f"#{prefix}-table table tr").evaluate_all(
         "rows => rows.map(r => [...r.cells].map(c => c.textContent.trim()))")
     return {row[0]: row[1:] for row in rows}
 
 
-def compare_texts(page, n) -> list[list[str]]:
-    return [page.locator(f"#compare-text-{i} .dp-tok").evaluate_all("els => els.map(e => e.textContent)")
+def compare_texts(page, n, prefix="compare") -> list[list[str]]:
+    return [page.locator(f"#{prefix}-text-{i} .dp-tok").evaluate_all("els => els.map(e => e.textContent)")
             for i in range(n)]
 
 
@@ -603,20 +603,17 @@ def test_compare_three_methods_live_then_the_same_in_a_new_browser(server, page,
     expect(page.locator("#compare-entropy .js-plotly-plot")).to_be_visible()
     expect(page.locator("#compare-diff")).to_contain_text("A: greedy → C: top_h")
     expect(page.locator("#compare-out-3")).to_be_hidden()
-    run_ids = [page.locator(f"#compare-title-{i} a").get_attribute("href").split("?run=")[1] for i in range(3)]
+    link = page.locator("#compare-link a").get_attribute("href")
+    assert "?compare=" in link
 
-    # another browser (a fresh context: no shared storage) draws the saved runs again, from stored events
+    # its link in another browser (a fresh context: no shared storage) shows the same, from stored events
     other = browser.new_context(viewport={"width": 1400, "height": 1000})
     try:
         fresh = other.new_page()
-        fresh.goto(server)
-        fresh.get_by_role("tab", name="Compare").click()
-        fresh.get_by_text("Compare saved runs").click()
-        fresh.locator("#compare-saved-ids textarea, #compare-saved-ids input").first.fill(", ".join(run_ids))
-        fresh.click("#compare-load")
-        fresh.locator("#compare-link", has_text="Saved as comparison").wait_for(timeout=30_000)
-        assert compare_texts(fresh, 3) == texts
-        assert compare_table(fresh) == table
+        fresh.goto(f"{server}/?compare={link.split('?compare=')[1]}")
+        fresh.locator("#shared-compare-table", has_text="new tokens").wait_for(timeout=60_000)
+        assert compare_texts(fresh, 3, prefix="shared-compare") == texts
+        assert compare_table(fresh, prefix="shared-compare") == table
     finally:
         other.close()
     assert page.dialogs == []
@@ -680,6 +677,12 @@ def test_history_is_per_browser_and_a_link_opens_read_only_with_fork(server, pag
         expect(fresh.get_by_label("max new tokens").first).to_have_value("6")
         expect(fresh.get_by_label("Method", exact=True)).to_have_value(REGISTRY["greedy"].title)
         expect(fresh.locator("#shared")).to_be_hidden()
+
+        fresh.goto(f"{server}/?run={run_id}")     # Re-run: the same settings, and Generate pressed
+        fresh.click("#shared-rerun")
+        fresh.locator("#run-link", has_text="Saved as run").wait_for(timeout=120_000)
+        assert run_id not in fresh.locator("#run-link").inner_text()
+        assert fresh.locator("#output .dp-tok").all_inner_texts() == page.locator("#output .dp-tok").all_inner_texts()
 
         # the owner deletes it (with confirmation); the link then says "not found"
         page.locator("#run-id textarea, #run-id input").first.fill(run_id)

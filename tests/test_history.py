@@ -194,6 +194,11 @@ def test_the_history_handlers_answer_their_outputs_and_only_the_owner_acts(app_h
     assert call("do_import", visitor(theirs), text, theirs)[0] == ""     # the paste box is cleared
     assert repo.count() == before + 1
     assert call("show", visitor(theirs), "mine", "handler", "", "", False, 1, theirs)[1].startswith("Page 1 of 1 · 1 ")
+    for _ in range(5):                                                 # six imports a minute per visitor
+        call("do_import", visitor(theirs), text, theirs)
+    with pytest.raises(gr.Error, match="Too many imports"):
+        call("do_import", visitor(theirs), text, theirs)
+    assert repo.count() == before + 6
     values = call("delete", visitor(mine), run_id, mine)
     assert f"Deleted run `{run_id}`" in values[2] and repo.events(run_id) is None
     shown = call("values", visitor(theirs, run=run_id))

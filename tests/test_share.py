@@ -23,8 +23,8 @@ from playground.events import Alternative, MetricsEvent, RunStarted, TokenEvent,
 from playground.models import LoadedModel
 from playground.runner import GenerationRequest, PreparedRun, execute
 from storage import default_repository
-from storage.export import (MAX_IMPORT_BYTES, InvalidExport, csv_text, dumps, import_export, parse_export, run_export,
-                            token_rank)
+from storage.export import (MAX_IMPORT_BYTES, MAX_IMPORT_EVENTS, InvalidExport, csv_text, dumps, import_export,
+                            parse_export, run_export, token_rank)
 from strategies import REGISTRY
 from visualizers import render
 
@@ -129,6 +129,7 @@ def test_links_use_the_public_url_else_the_requests_own_address(monkeypatch):
     assert base_url(request(host="example.org:7860")) == "http://example.org:7860"
     assert base_url(request(host="example.org", **{"x-forwarded-proto": "https"})) == "https://example.org"
     assert base_url(request(host="evil.org/<script>")) == ""               # never echoed into a link
+    assert base_url(request(host="internal:7860", **{"x-forwarded-host": "proxy.example"})) == "http://proxy.example"
     assert base_url(None) == ""
     monkeypatch.setenv("PLAYGROUND_PUBLIC_URL", "https://space.hf.space/")
     settings.cache_clear()
@@ -209,6 +210,8 @@ def broken_exports(good: dict) -> dict[str, str]:
         "no run_started first": changed(lambda d: d["events"].pop(0)),
         "two runs in one list": changed(lambda d: d["events"].insert(2, dict(d["events"][-1]))),
         "too big": json.dumps({**good, "pad": "x" * MAX_IMPORT_BYTES}),
+        "too many events": changed(lambda d: d["events"].__setitem__(     # a notice after run_started, 50,000 times
+            slice(1, 1), [{"type": "notice", "key": "k", "message": "m"}] * MAX_IMPORT_EVENTS)),
         "five runs in a comparison": json.dumps({"format": "decoding-playground/comparison", "version": 1,
                                                  "comparison": {}, "runs": [good] * 5}),
     }

@@ -19,6 +19,7 @@ from storage.export import MAX_IMPORT_BYTES, InvalidExport, import_export
 from storage.repository import PAGE_SIZE, HistoryQuery, RunSummary
 from strategies import REGISTRY
 
+from ..limits import ClientLimits, client_key
 from .common import outputs_for, panel_plots
 from .identity import owner_of
 from .share import ID, base_url, downloads, md_text, run_files, run_url
@@ -27,6 +28,7 @@ HISTORY_COLUMNS = ["run id", "when (UTC)", "★", "published", "method", "model"
                    "tok/s", "status", "branch of"]
 SCOPES = [("My runs", "mine"), ("Published by others", "published")]
 MAX_FILTER = 300        # characters of the model filter (the column's width)
+IMPORTS_PER_MINUTE = 6  # one visitor's imports (each up to MAX_IMPORT_BYTES): what a flood can add to the disk
 
 
 def row_of(r: RunSummary) -> list[Any]:
@@ -255,7 +257,12 @@ class HistoryTab:
                                             self.metrics, *self.plots, self.json, self.csv, self.tree],
                                            queue=False).success)
 
+        imports = ClientLimits(rate=IMPORTS_PER_MINUTE, window_s=60.0, share=IMPORTS_PER_MINUTE)
+
         def do_import(request: gr.Request, text, key):
+            if imports.admit(client_key(request)) is not None:
+                raise gr.Error(f"Too many imports: at most {IMPORTS_PER_MINUTE} a minute per visitor; "
+                               "try again in a minute.", print_exception=False)
             try:
                 run_ids, comparison_id = import_export(default_repository(), text, owner_of(request, key))
             except InvalidExport as exc:
