@@ -34,7 +34,7 @@ BAD_FIELDS = [
     ({"chat": "maybe"}, "chat must be true or false"),
     ({"dtype": 7}, "dtype must be one of float32, bfloat16"),
     ({"model_id": 5}, "model_id must be text"),
-    ({"model_id": "/etc/"}, "Could not load model '/etc'"),
+    ({"model_id": "/etc/"}, "Could not load model '/etc/'"),
 ]
 
 
@@ -122,3 +122,16 @@ def test_a_run_the_database_refuses_keeps_its_output_and_says_why(env, embedded,
     assert len([e for e in events if isinstance(e, TokenEvent)]) == 3
     (notice,) = [e for e in events if isinstance(e, NoticeEvent) and e.key == "not saved"]
     assert f"the database {bad} refused it: file is not a database" in notice.message
+
+
+def test_every_method_that_holds_more_than_one_sequence_declares_it():
+    """The memory rule only knows what a method declares: many lanes (row_params) or draft tokens per pass
+    (tree_params). rsd's tree is one of a few fixed branchings, at most 16 tokens (4,1,1,1): small."""
+    from strategies import REGISTRY
+    from strategies.speculative.loop import SpeculationLoop
+
+    for name, cls in REGISTRY.items():
+        if cls.many_sequences or name == "beam":
+            assert cls.row_params, name
+        if issubclass(cls, SpeculationLoop) and name != "rsd":
+            assert cls.tree_params, name

@@ -103,6 +103,7 @@ class PromptLookup(SpeculationLoop):
     summary = "Drafts copied from earlier in the context after a matching n-gram; verified in one pass."
     paper = "https://github.com/apoorvumang/prompt-lookup-decoding"
     tree_title = "Prompt lookup draft"
+    tree_params = ("num_tokens",)   # memory bound: Strategy.footprint
     params = (
         Param("lookup", "choice", "suffix", choices=("suffix", "ngram"),
               help="suffix: copy after the longest earlier match of the text's end (sized by the match "
