@@ -102,6 +102,8 @@ def test_a_link_opens_the_saved_run_and_a_deleted_one_says_not_found(panel, tiny
     assert "Not found" in title_of(gone) and "No saved run" in title_of(gone)
     assert gone[2] == "" and gone[-1] == ""
     assert "Not found" in title_of(panel.run_values("../../etc", ""))      # not an id at all
+    hostile = title_of(panel.run_values("`[x](javascript:alert(1))<b>", ""))
+    assert "<b>" not in hostile and "](" not in hostile and "\\[x\\]" in hostile     # shown as text, not a link
     assert "Not found" in title_of(panel.comparison_values(uuid.uuid4().hex, ""))
 
 

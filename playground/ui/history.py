@@ -47,7 +47,8 @@ def history_query(owner: str | None, scope: Any, text: Any, model: Any, method: 
     except (TypeError, ValueError, OverflowError):
         page_number = 1
     return HistoryQuery(owner=owner, scope=scope if scope in ("mine", "published") else "mine",
-                        text=text if isinstance(text, str) else "", model=model[:MAX_FILTER] if isinstance(model, str) else "",
+                        text=text if isinstance(text, str) else "",
+                        model=model[:MAX_FILTER] if isinstance(model, str) else "",
                         method=method if method in REGISTRY else "", favourites=favourites is True, page=page_number,
                         page_size=PAGE_SIZE)
 

@@ -5,7 +5,6 @@ the stored events (no model is loaded or run), with the link to copy, exports to
 
 from __future__ import annotations
 
-import html
 import math
 import os
 import re
@@ -203,7 +202,8 @@ class SharedPanel:
 
     def not_found(self, kind: str, item_id: str) -> list[Any]:
         what = "run" if kind == "run" else "comparison"
-        title = f"### Not found\nNo saved {what} with id `{html.escape(item_id)}`: it was deleted, or the link is mistyped."
+        title = (f"### Not found\nNo saved {what} with id {md_text(item_id)}: it was deleted, "
+                 "or the link is mistyped.")           # the id comes from the address bar: shown as text
         return [gr.Column(visible=True), title, "", "", gr.Button(visible=False), gr.Button(visible=False),
                 *downloads(None), *self._hidden_views(), ""]
 
