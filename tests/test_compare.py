@@ -237,5 +237,7 @@ def test_a_comparison_queues_with_generations_and_asks_at_the_door(embedded):
             block = demo.blocks.get(target[0])
             by_name.setdefault(getattr(block, "elem_id", None), []).append(dep)
     run = by_name["compare-run"][0]
-    assert run.concurrency_id == GENERATION and run.validator is not None and run.queue is not False
+    assert run.concurrency_id == GENERATION and run.queue is not False
+    verdicts = run.validator(SimpleNamespace(username=None), *[None] * len(run.inputs))
+    assert len(verdicts) == len(run.inputs) and all(v["is_valid"] for v in verdicts)   # one verdict per input
     assert all(dep.queue is False for dep in by_name["compare-stop"] + by_name["compare-load"])

@@ -279,6 +279,7 @@ class CompareTab:
         try:
             prepared = prepare_columns(self.requests(values))
         except InvalidRequest as exc:
+            yield [*drawn([]), "", gr.skip()]       # the toast must not sit over the previous comparison
             raise gr.Error(str(exc), print_exception=False)
         stop = _stops[request.session_hash] = threading.Event()
         skip_all = [gr.skip()] * len(self.view.outputs)
@@ -322,12 +323,19 @@ class CompareTab:
         def run(request: gr.Request, references, key, *values):
             yield from self.live(request, references, key, *values)
 
-        def admit(request: gr.Request, references, key, *values):
-            """A comparison asks to join the generation queue like one generation (limits.py)."""
-            refusal = admit_request(self.limits, request)
-            return gr.validate(refusal is None, refusal or "")
+        inputs = self.inputs()
+        shown_at = next(i for i, c in enumerate(inputs) if c is self.prompt)     # a refusal shows on the prompt box
 
-        self.compare.click(run, self.inputs(), outputs, concurrency_limit=settings().concurrency,
+        def admit(request: gr.Request, *values):
+            """A comparison asks to join the generation queue like one generation (limits.py); gradio
+            wants one verdict per input."""
+            refusal = admit_request(self.limits, request)
+            verdicts = [gr.validate(True, "") for _ in inputs]
+            if refusal:
+                verdicts[shown_at] = gr.validate(False, refusal)
+            return verdicts
+
+        self.compare.click(run, inputs, outputs, concurrency_limit=settings().concurrency,
                            concurrency_id=GENERATION, validator=admit)
 
         def stop_run(request: gr.Request):
