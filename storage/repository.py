@@ -122,9 +122,11 @@ class RunRepository:
             return session.get(Comparison, comparison_id)
 
     def events(self, run_id: str) -> list[Event] | None:
+        """A saved run's events; None when there is no such run or it has none yet (still running, or
+        cut off by a crash: its row is written at the start, its events at the end)."""
         with self.sessions() as session:
             row = session.get(Run, run_id)
-            return from_dicts(row.events) if row else None
+            return from_dicts(row.events) if row is not None and row.events is not None else None
 
     def get(self, run_id: str) -> Run | None:
         """The whole row, event blob included (loaded now: the session closes on return)."""

@@ -288,3 +288,17 @@ def test_export_json_holds_the_record_and_every_event_but_no_owner(saved):
     export = json.loads(dumps(run_export(row, events)))
     assert export["events"] == json.loads(json.dumps(to_dicts(events)))
     assert export["run"]["id"] == saved["beam"] and export["run"]["owner"] is None   # a browser key is a secret
+
+
+def test_a_link_to_a_run_still_going_says_so_instead_of_failing(panel, tiny):
+    from playground.ui.history import open_run
+    from playground.ui.share import run_files
+
+    repo = default_repository()
+    started = tiny_events(tiny, "greedy", {}, tokens=2)[0]
+    repo.start(started, owner=OWNER)                         # its row exists, its events do not yet
+    assert repo.events(started.run_id) is None and run_files(started.run_id) is None
+    title = title_of(panel.run_values(started.run_id, ""))
+    assert "no saved events yet" in title and "running" in title
+    with pytest.raises(gr.Error, match="running"):
+        open_run(started.run_id)

@@ -73,9 +73,12 @@ def open_run(run_id: str, base: str = "") -> list[Any]:
     """[link, details, text, metrics, *plots, json, csv] of a saved run, re-drawn from its events."""
     run_id = (run_id or "").strip().lower()
     events = default_repository().events(run_id) if ID.fullmatch(run_id) else None
+    found = default_repository().summaries([run_id]) if ID.fullmatch(run_id) else []
+    if events is None and found:
+        raise gr.Error(f"Run {run_id} is {found[0].status}: it has no saved events to draw.", print_exception=False)
     if events is None:
         raise gr.Error(f"No saved run with id {run_id[:40]!r}." if run_id else "Enter a run id.", print_exception=False)
-    (r,) = default_repository().summaries([run_id])
+    (r,) = found
     return [f"Run `{run_id}` · share link: {run_url(base, run_id)}", details(r), *outputs_for(events),
             *downloads(run_files(run_id))]
 

@@ -202,8 +202,16 @@ class SharedPanel:
 
     def not_found(self, kind: str, item_id: str) -> list[Any]:
         what = "run" if kind == "run" else "comparison"
+        unfinished = default_repository().summaries([item_id]) if kind == "run" and ID.fullmatch(item_id) else []
+        if unfinished:        # its row is written at the start, its events at the end
+            return self.nothing(f"### Run {item_id} has no saved events yet\nIt is {unfinished[0].status}: "
+                                "a run is drawn here once it has finished.")
         title = (f"### Not found\nNo saved {what} with id {md_text(item_id)}: it was deleted, "
                  "or the link is mistyped.")           # the id comes from the address bar: shown as text
+        return self.nothing(title)
+
+    def nothing(self, title: str) -> list[Any]:
+        """The panel with only a title: no link, buttons, downloads or drawing."""
         return [gr.Column(visible=True), title, "", "", gr.Button(visible=False), gr.Button(visible=False),
                 *downloads(None), *self._hidden_views(), ""]
 
