@@ -102,5 +102,5 @@ def make_branch(point: BranchPoint, ids: list[int], tokenizer) -> Branch:
     inherited = [t.token_id for t in before]
     prefix = (started.prefix or "") + (started.chosen or "") + "".join(t.text for t in before)
     prefix_ids = list(started.prefix_ids or []) + list(started.chosen_ids or []) + inherited
-    return Branch(parent_id=point.run_id, position=point.position, prompt_ids=list(started.prompt_ids) + inherited + ids,
-                  prefix=prefix, prefix_ids=prefix_ids, chosen=tokenizer.decode(ids), chosen_ids=list(ids))
+    return Branch(parent_id=point.run_id, position=point.position,
+                  prompt_ids=list(started.prompt_ids) + inherited + ids, prefix=prefix, prefix_ids=prefix_ids, chosen=tokenizer.decode(ids), chosen_ids=list(ids))

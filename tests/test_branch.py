@@ -177,3 +177,12 @@ def test_the_pages_branch_path_on_the_embedded_model(embedded):
     assert typed.prompt_ids[-1:] == embedded.tokenizer.encode(" Purple", add_special_tokens=False)
     with pytest.raises(InvalidRequest, match="No saved run"):
         branch_run("a" * 32 + ":0", "1", "", form)
+
+
+def test_a_branch_view_escapes_what_it_inherited():
+    """Inherited text, the picked token and the parent id come from a model or an imported file: shown as text."""
+    hostile = "<img src=x onerror=alert(1)>"
+    started = RunStarted("b" * 32, "m", "float32", "greedy", {}, 0, "p", 3, 4, parent_id='"><script>x</script>',
+                         parent_position=2, prefix=hostile, prefix_ids=[1], chosen=hostile, chosen_ids=[2])
+    html = render([started]).text_html
+    assert "<img" not in html and "<script" not in html and html.count("&lt;img src=x onerror=alert(1)&gt;") == 3

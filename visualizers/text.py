@@ -83,21 +83,21 @@ def tokens_html(events: list[Event]) -> str:
     lanes = any(isinstance(e, (LaneEvent, LaneTokenEvent)) for e in events)
     empty = "(no answer yet: the lanes below are decoding)" if lanes else "(no output yet)"
     body = "".join(parts) + preview or f'<span class="dp-empty">{empty}</span>'
-    inherited = ""
     if started and started.parent_id:
         head += branch_note(started)
-        inherited = (f'<span class="dp-inherited" title="inherited from the parent run">{esc(visible(started.prefix or ""))}'
-                     f'</span><span class="dp-branch-point" title="the branch point: the token picked here">'
+        prefix = esc(visible(started.prefix or ""))
+        inherited = (f'<span class="dp-inherited" title="inherited from the parent run">{prefix}</span>'
+                     f'<span class="dp-branch-point" title="the branch point: the token picked here">'
                      f'{esc(visible(started.chosen or "")) or "&#8203;"}</span>')
         body = inherited + "".join(parts) + preview   # an empty branch still shows where it left
-    run = f' data-run="{esc(started.run_id)}"' if started else ""      # a click on a token branches (playground/ui/branch.py)
+    run = f' data-run="{esc(started.run_id)}"' if started else ""      # a token click branches (ui/branch.py)
     return f'<div class="dp-text"{run}>{head}<div class="dp-output">{body}</div></div>'
 
 
 def branch_note(started: RunStarted) -> str:
     """Where a branch left its parent: a link to the parent and the position replaced."""
-    parent = esc(started.parent_id or "")
-    return (f'<div class="dp-branch-note">Branch of run <a href="?run={parent}">{parent[:8]}</a> at token '
+    parent = started.parent_id or ""
+    return (f'<div class="dp-branch-note">Branch of run <a href="?run={esc(parent)}">{esc(parent[:8])}</a> at token '
             f'{started.parent_position}: greyed text is inherited, the marked token was picked there '
             f'({esc(repr(visible(started.chosen or "")))}).</div>')
 

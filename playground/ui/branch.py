@@ -48,8 +48,8 @@ def choices(point: BranchPoint) -> list[tuple[str, str]]:
     is marked, and added when it is not among them (a sampled token outside the top-k)."""
     token = point.token
     ranked = sorted(token.alternatives, key=lambda a: -a.prob)
-    rows = [(f"{visible(a.text)!r}   p = {a.prob:.3f}   rank {i}" + ("   (this run's token)" if a.token_id == token.token_id
-                                                                        else ""), str(a.token_id))
+    mark = {token.token_id: "   (this run's token)"}
+    rows = [(f"{visible(a.text)!r}   p = {a.prob:.3f}   rank {i}{mark.get(a.token_id, '')}", str(a.token_id))
             for i, a in enumerate(ranked, 1)]
     if token_rank(token) is None:
         rows.append((f"{visible(token.text)!r}   (this run's token, not in the top-{len(ranked)} shown)",
@@ -134,4 +134,5 @@ class BranchPanel:
                 verdicts[2] = gr.validate(False, refusal)   # on the typed-token box, which is on screen
             return verdicts
 
-        self.go.click(go, inputs, outputs, concurrency_limit=settings().concurrency, concurrency_id=GENERATION, validator=admit)
+        self.go.click(go, inputs, outputs, concurrency_limit=settings().concurrency, concurrency_id=GENERATION,
+                      validator=admit)
