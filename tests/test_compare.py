@@ -156,6 +156,9 @@ def test_a_live_comparison_saves_its_runs_and_itself_on_one_loaded_model(tab, em
     final = yields[-1]
     table = final[len(tab.view.outputs) - 4]
     assert "A: greedy" in table and "B: sampling" in table and "running" not in table
+    a_text = compare_ui.MAX_COLUMNS + 1
+    a_counts = [y[a_text].count('class="dp-tok"') for y in yields if not is_skip(y[a_text])]
+    assert 1 in a_counts and a_counts[-1] == 5       # column A streamed: its first token was drawn alone
     tables = [y[len(tab.view.outputs) - 4] for y in yields if not is_skip(y[len(tab.view.outputs) - 4])]
     assert len(tables) == 1 + 2 + 1          # cleared at the start, after each column, at the end
     titles = [last_value(yields, compare_ui.MAX_COLUMNS + c * (3 + len(tab.view.columns[0].plots)))
