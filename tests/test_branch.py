@@ -175,6 +175,8 @@ def test_the_pages_branch_path_on_the_embedded_model(embedded):
     assert ids[:4] + tokens(list(execute(prepared))) == ids
     typed = branch_run(f"{run_id}:3", str(ids[3]), " Purple", form)
     assert typed.prompt_ids[-1:] == embedded.tokenizer.encode(" Purple", add_special_tokens=False)
+    several = branch_run(f"{run_id}:3", "", " Purple and gold", form)       # said on the run's own record
+    assert "is 3 tokens; all of them were added" in list(execute(several))[0].notices[-1]
     with pytest.raises(InvalidRequest, match="No saved run"):
         branch_run("a" * 32 + ":0", "1", "", form)
 
