@@ -14,7 +14,7 @@ import json
 import math
 import typing
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from playground.events import EVENT_TYPES, Event, MetricsEvent, RunStarted, TokenEvent, from_dicts, to_dicts
 
@@ -186,11 +186,20 @@ def _run_events(data: Any, where: str) -> list[Event]:
 
 # --- import ---------------------------------------------------------------------------------------
 
-def import_export(repository: RunRepository, text: str, owner: str | None) -> tuple[list[str], str | None]:
+def import_export(repository: RunRepository, text: str, owner: str | None,
+                  check: Callable[[list[Event]], Any] | None = None) -> tuple[list[str], str | None]:
     """Save the runs of an export as new runs of `owner` (fresh ids: nothing is overwritten; branch
     links are dropped, the parent is not imported) and, for a comparison, a new comparison of them.
-    Returns (new run ids, new comparison id or None). Nothing is saved when any run is invalid."""
+    `check` (the page passes its renderer) must accept each run first: well-typed events can still be
+    inconsistent (a tree node naming a parent that is not there). Returns (new run ids, new comparison
+    id or None). Nothing is saved when any run is invalid."""
     runs, comparison = parse_export(text)
+    for i, events in enumerate(runs):
+        try:
+            if check is not None:
+                check(events)
+        except Exception as exc:  # whatever the drawing tripped on: the import is refused, not saved
+            raise InvalidExport(f"run {i + 1} cannot be drawn ({type(exc).__name__}): not saved.") from None
     new_ids = []
     for events in runs:
         events[0].run_id = uuid.uuid4().hex

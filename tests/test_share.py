@@ -231,6 +231,21 @@ def test_a_malformed_import_is_refused_with_one_line_and_saves_nothing(saved):
     assert repo.count() == before
 
 
+def test_an_import_the_page_cannot_draw_is_refused(saved):
+    """Well-typed events can still be inconsistent; the page's renderer checks each run before saving.
+    (A tree node naming a missing parent draws, without it; a renderer that raises refuses the import.)"""
+    repo = default_repository()
+    data = run_export(repo.get(saved["beam"]), repo.events(saved["beam"]))
+    tree = next(e for e in data["events"] if e["type"] == "tree")
+    tree["nodes"][-1]["parent"] = 10_000                       # well typed, but no such node
+    before = repo.count()
+    with pytest.raises(InvalidExport, match=r"run 1 cannot be drawn \(ZeroDivisionError\)"):
+        import_export(repo, json.dumps(data), owner=OWNER, check=lambda events: 1 / 0)
+    assert repo.count() == before
+    (new_id,), _ = import_export(repo, json.dumps(data), owner=OWNER, check=render)
+    assert render(repo.events(new_id)).figures["tree"] is not None
+
+
 def token(text: str, logprob: float, alternatives: list[tuple[int, float]], token_id: int = 7, **extra) -> TokenEvent:
     return TokenEvent(index=0, token_id=token_id, text=text, logprob=logprob, entropy=0.5,
                       alternatives=[Alternative(i, f"t{i}", p) for i, p in alternatives], extra=extra)

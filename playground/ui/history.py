@@ -18,6 +18,7 @@ from storage import default_repository
 from storage.export import MAX_IMPORT_BYTES, InvalidExport, import_export
 from storage.repository import PAGE_SIZE, HistoryQuery, RunSummary
 from strategies import REGISTRY
+from visualizers import render
 
 from ..limits import ClientLimits, client_key
 from .common import outputs_for, panel_plots
@@ -268,7 +269,8 @@ class HistoryTab:
                 raise gr.Error(f"Too many imports: at most {IMPORTS_PER_MINUTE} a minute per visitor; "
                                "try again in a minute.", print_exception=False)
             try:
-                run_ids, comparison_id = import_export(default_repository(), text, owner_of(request, key))
+                run_ids, comparison_id = import_export(default_repository(), text, owner_of(request, key),
+                                                       check=render)
             except InvalidExport as exc:
                 raise gr.Error(str(exc), print_exception=False)
             base = base_url(request)
