@@ -209,6 +209,8 @@ def test_bad_columns_are_refused_naming_the_column(tab, embedded):
     for n in (1, 5, "3; drop", 2.5, True):
         with pytest.raises(gr.Error, match="columns must be 2 to 4"):
             run_live(tab, form_values(tab, [("greedy", {}), ("greedy", {})], n=n))
+    with pytest.raises(gr.Error, match="takes .* values"):
+        run_live(tab, form_values(tab, [("greedy", {}), ("greedy", {})])[:-3])
     with pytest.raises(gr.Error, match="Column A.*prompt is empty"):
         values = form_values(tab, [("greedy", {}), ("greedy", {})])
         values[7] = "  "

@@ -252,6 +252,9 @@ class CompareTab:
     def requests(self, values: tuple) -> list[GenerationRequest]:
         """The form's values (n, model, draft, dtype, max new, seed, chat, prompt, then each column's
         method and parameters) as one request per used column; hidden columns are ignored."""
+        expected = 8 + sum(1 + len(params) for _, params, _ in self.forms)
+        if len(values) != expected:       # an API caller's short or long list
+            raise InvalidRequest(f"A comparison takes {expected} values (see the API page), got {len(values)}.")
         n = self._n_columns(values[0])
         model, draft, dtype, max_new, seed, chat, prompt = values[1:8]
         requests, at = [], 8
