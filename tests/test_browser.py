@@ -659,8 +659,8 @@ def test_history_is_per_browser_and_a_link_opens_read_only_with_fork(server, pag
         expect(fresh.locator("#history-table")).not_to_contain_text(run_id)
 
         fresh.goto(f"{server}/?run={run_id}")     # the link: the saved result first, above the tabs
-        expect(fresh.locator("#shared-title")).to_contain_text(f"Shared run {run_id}")
-        expect(fresh.locator("#shared-output .dp-tok")).to_have_count(6)
+        expect(fresh.locator("#shared-title")).to_contain_text(f"Shared run {run_id}", timeout=30_000)
+        expect(fresh.locator("#shared-output .dp-tok")).to_have_count(6, timeout=30_000)
         assert fresh.locator("#shared-output .dp-tok").all_inner_texts() == \
             page.locator("#output .dp-tok").all_inner_texts()
         assert fresh.locator("#shared").bounding_box()["y"] < fresh.get_by_role("tab", name="Generate").bounding_box()["y"]
@@ -668,12 +668,12 @@ def test_history_is_per_browser_and_a_link_opens_read_only_with_fork(server, pag
         expect(url).to_have_value(re.compile(rf"^http://127\.0\.0\.1:\d+/\?run={run_id}$"))
         expect(url).not_to_be_editable()                                           # read-only
         fresh.click("#copy-link")
-        expect(fresh.locator("#copy-status")).to_contain_text("Link copied")
+        expect(fresh.locator("#copy-status")).to_contain_text("Link copied", timeout=15_000)
         assert fresh.evaluate("navigator.clipboard.readText()") == url.input_value()
         expect(fresh.locator("#shared-json")).to_be_visible()
 
         fresh.click("#shared-fork")                # the settings go into the Generate form
-        expect(fresh.locator("#prompt textarea")).to_have_value(prompt)
+        expect(fresh.locator("#prompt textarea")).to_have_value(prompt, timeout=30_000)
         expect(fresh.get_by_label("max new tokens").first).to_have_value("6")
         expect(fresh.get_by_label("Method", exact=True)).to_have_value(REGISTRY["greedy"].title)
         expect(fresh.locator("#shared")).to_be_hidden()
@@ -690,10 +690,10 @@ def test_history_is_per_browser_and_a_link_opens_read_only_with_fork(server, pag
         page.locator("#history-output .dp-tok").first.wait_for(timeout=30_000)
         page.click("#history-delete")
         page.click("#history-delete-confirm")
-        expect(page.locator("#history-link")).to_contain_text(f"Deleted run {run_id}")
+        expect(page.locator("#history-link")).to_contain_text(f"Deleted run {run_id}", timeout=30_000)
         expect(page.locator("#history-table")).not_to_contain_text(prompt)
         fresh.goto(f"{server}/?run={run_id}")
-        expect(fresh.locator("#shared-title")).to_contain_text("Not found")
+        expect(fresh.locator("#shared-title")).to_contain_text("Not found", timeout=30_000)
     finally:
         other.close()
     assert page.dialogs == []
@@ -778,9 +778,9 @@ def test_compare_selected_from_history_then_its_link_export_and_import_in_anothe
     try:
         fresh = other.new_page()
         fresh.goto(f"{server}/?compare={comparison_id}")
-        expect(fresh.locator("#shared-title")).to_contain_text(f"Shared comparison {comparison_id}")
+        expect(fresh.locator("#shared-title")).to_contain_text(f"Shared comparison {comparison_id}", timeout=30_000)
         for i in range(2):
-            expect(fresh.locator(f"#shared-compare-text-{i} .dp-tok")).to_have_count(4)
+            expect(fresh.locator(f"#shared-compare-text-{i} .dp-tok")).to_have_count(4, timeout=30_000)
             assert fresh.locator(f"#shared-compare-text-{i} .dp-tok").all_inner_texts() == texts[i]
         with fresh.expect_download() as download:
             fresh.click("#shared-json")
@@ -792,7 +792,7 @@ def test_compare_selected_from_history_then_its_link_export_and_import_in_anothe
         fresh.get_by_text("Import a JSON export").click()
         fresh.locator("#import-text textarea").fill(export)
         fresh.click("#import-run")
-        expect(fresh.locator("#import-result")).to_contain_text("Imported 2 run(s)")
+        expect(fresh.locator("#import-result")).to_contain_text("Imported 2 run(s)", timeout=30_000)
         expect(fresh.locator("#history-table")).to_contain_text(prompts[0])      # now this browser's own
         expect(page.locator("#history-table")).not_to_contain_text("Imported")
     finally:
