@@ -5,16 +5,19 @@ saved runs drawn as a comparison; bad input refused with a message naming the co
 from __future__ import annotations
 
 import math
-import threading
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
+from playground import models
 from playground.events import MetricsEvent, RunStarted, StatsEvent, TokenEvent
-from visualizers.metrics import metrics_rows
+from playground.ui import compare as compare_ui
+from playground.ui.compare import CompareTab, UnknownRuns, compare_outputs
+from storage import default_repository
 from visualizers.compare import (MEAN_ENTROPY, diff_html, entropy_overlay_figure, mean_entropy,
                                  probability_overlay_figure, table_rows, token_diff)
+from visualizers.metrics import metrics_rows
 
 
 def run_events(strategy: str, texts: list[str], entropies: list[float], probs: list[float],
@@ -90,12 +93,6 @@ def test_overlays_draw_every_column_on_one_plot():
 
 
 # --- the tab's handlers on the embedded model -------------------------------------------------------------
-
-from playground import models  # noqa: E402
-from playground.ui import compare as compare_ui  # noqa: E402
-from playground.ui.compare import CompareTab, UnknownRuns, compare_outputs  # noqa: E402
-from storage import default_repository  # noqa: E402
-from strategies import REGISTRY  # noqa: E402
 
 KEY = "0123456789abcdef0123456789abcdef"
 PROMPT = "Name a colour."
