@@ -261,3 +261,15 @@ def test_every_generation_passes_the_door():
     assert len(generating) >= 2 and all(f.validator is not None and f.queue for f in generating)
     assert all(f.concurrency_id == GENERATION for f in fns if f.validator is not None)
     assert {f.api_name for f in generating} >= {"run", "run_1"}
+
+
+def test_login_setting(env):
+    from playground.server import auth
+
+    env(PLAYGROUND_AUTH="ana:s3cret:with:colons")
+    assert auth() == ("ana", "s3cret:with:colons")
+    env(PLAYGROUND_AUTH="no-password")
+    with pytest.raises(SystemExit, match="PLAYGROUND_AUTH must be user:password"):
+        auth()
+    env(PLAYGROUND_AUTH="")
+    assert auth() is None
