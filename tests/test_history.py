@@ -31,8 +31,9 @@ def events_of(run_id: str, prompt: str = "p", output: str = " hi", method: str =
 
 
 @pytest.fixture
-def repo(tmp_path):
-    return RunRepository(f"sqlite:///{tmp_path / 'runs.sqlite3'}")
+def repo(database_url):
+    """SQLite, then a real PostgreSQL (conftest's database_url)."""
+    return RunRepository(database_url)
 
 
 def save(repo, owner, **kwargs) -> str:

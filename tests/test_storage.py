@@ -41,8 +41,8 @@ def test_a_database_from_before_migrations_is_upgraded_in_place(tmp_path):
     assert repo.count() == 2
 
 
-def test_a_run_is_recorded_when_it_starts_and_marked_interrupted_if_never_finished(tmp_path):
-    repo = RunRepository(f"sqlite:///{tmp_path / 'runs.sqlite3'}")
+def test_a_run_is_recorded_when_it_starts_and_marked_interrupted_if_never_finished(database_url):
+    repo = RunRepository(database_url)
     finished, cut_off = events_of("f" * 32), events_of("c" * 32)
     repo.start(finished[0])
     repo.start(cut_off[0])
@@ -54,8 +54,8 @@ def test_a_run_is_recorded_when_it_starts_and_marked_interrupted_if_never_finish
     assert repo.get("f" * 32).output == " hi" and len(repo.events("f" * 32)) == 3
 
 
-def test_a_finished_run_is_never_overwritten(tmp_path):
-    repo = RunRepository(f"sqlite:///{tmp_path / 'runs.sqlite3'}")
+def test_a_finished_run_is_never_overwritten(database_url):
+    repo = RunRepository(database_url)
     repo.save(events_of("d" * 32))
     try:
         repo.save(events_of("d" * 32, text=" other"))
