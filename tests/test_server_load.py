@@ -178,6 +178,9 @@ def test_health_uploads_and_direct_posts(server, generation):
     assert upload.status_code == 403 and upload.json()["detail"] == "This app takes no uploads."
     direct = httpx.post(f"{server.url}/gradio_api/run/predict", json=generation.body(prompt="hi"))
     assert direct.status_code == 404 and "join the queue" in direct.json()["detail"]
+    page = httpx.get(server.url, headers={"Accept-Encoding": "gzip"})     # the page is megabytes of text
+    assert page.status_code == 200 and page.headers.get("content-encoding") == "gzip"
+    assert int(page.headers.get("content-length", len(page.content))) < len(page.text) / 3
 
 
 def test_eight_concurrent_clients_all_complete_and_are_saved_once(server, generation):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..config import settings
+from ..limits import ClientLimits
 from .branch import token_scripts
 from .common import stream
 from .compare import build_compare_tab
@@ -21,17 +22,18 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title="Decoding Playground") as demo:
         greedy_references = gr.State({})     # this browser session's own greedy runs (baseline.py)
         browser_key = browser_key_state()    # whose runs History lists (identity.py)
+        limits = ClientLimits.from_settings()  # one ledger for every tab that runs a model (limits.py)
         gr.Markdown("## Decoding Playground\nPick a model and a decoding method, press **Generate**, and watch "
                     "the method work. Hover a token for its probability and the alternatives.")
         token_scripts()                      # click a token to branch; tooltips kept on screen (branch.py)
         shared = SharedPanel()               # what a ?run= / ?compare= link opens, above the tabs (share.py)
         with gr.Tabs(selected="generate") as tabs:
             with gr.Tab("Generate", id="generate"):
-                form = build_generate_tab(greedy_references, browser_key, tabs)
+                form = build_generate_tab(greedy_references, browser_key, tabs, limits)
             with gr.Tab("History", id="history"):
                 history = build_history_tab(browser_key)
             with gr.Tab("Compare", id="compare"):
-                compare = build_compare_tab(greedy_references, browser_key)
+                compare = build_compare_tab(greedy_references, browser_key, limits)
         shared.wire(tabs, form)
         history.refresh_on(tabs.select)
 

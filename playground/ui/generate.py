@@ -97,7 +97,8 @@ def live_page(request: gr.Request, prepared: PreparedRun, references, key) -> It
             del _stops[request.session_hash]
 
 
-def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState, tabs: gr.Tabs | None = None) -> Form:
+def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState, tabs: gr.Tabs | None = None,
+                       limits: ClientLimits | None = None) -> Form:
     with gr.Row():
         with gr.Column(scale=1, min_width=300):
             # the models at hand offline, listed when the page is built; typing any Hub id or folder still works
@@ -142,7 +143,7 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
 
     gen_inputs = [greedy_references, browser_key, *form.inputs()]
     gen_outputs = [text, link, metrics, *plots, greedy_references]
-    limits = ClientLimits.from_settings()     # this app's ledger: rate and queue share per visitor (limits.py)
+    limits = limits or ClientLimits.from_settings()   # the app's ledger: rate and queue share per visitor (limits.py)
 
     shown_at = next(i for i, c in enumerate(gen_inputs) if c is prompt)   # the refusal shows on the prompt box
 
