@@ -754,6 +754,7 @@ def test_an_error_toast_clears_the_previous_output(server, page):
     expect(page.get_by_text("The prompt is empty").first).to_be_visible(timeout=30_000)
     expect(page.locator("#output .dp-tok")).to_have_count(0)
     expect(page.locator("#run-link")).not_to_contain_text("Saved as run")
+    expect(page.locator("#output .dp-error")).to_contain_text("The prompt is empty")   # stays once the toast fades
 
 
 def test_compare_selected_from_history_then_its_link_export_and_import_in_another_browser(server, page, browser):

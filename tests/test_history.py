@@ -5,9 +5,11 @@ any event blob."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, insert
@@ -154,7 +156,9 @@ def app_handlers():
     demo = build_app()
     found: dict[str, tuple] = {}
     for f in (demo.fns.values() if isinstance(demo.fns, dict) else demo.fns):
-        found.setdefault(getattr(f.fn, "__name__", ""), (f.fn, len(f.outputs)))
+        name = getattr(f.fn, "__name__", "")
+        name = f"{name}:2" if name in found and name == "flip" else name     # flip: favourite, then publish
+        found.setdefault(name, (f.fn, len(f.outputs)))
     return found
 
 
@@ -181,13 +185,18 @@ def test_the_history_handlers_answer_their_outputs_and_only_the_owner_acts(app_h
         return values
 
     table, info, _, page = call("show", visitor(mine), "mine", "handler", "", "", False, 1, mine)
-    assert [row[0] for row in table] == [run_id] and "1 your runs match" in info and page == 1
+    assert [row[0] for row in table] == [run_id] and "1 run of yours matches" in info and page == 1
     assert call("show", visitor(theirs), "mine", "", "", "", False, 1, theirs)[0] == []
     call("open_", visitor(mine), run_id)
     with pytest.raises(gr.Error):
         call("flip", visitor(theirs), run_id, theirs)                 # not the owner
-    assert "favourite" in call("flip", visitor(mine), run_id, mine)
+    flipped = call("flip", visitor(mine), run_id, mine)
+    assert "favourite" in flipped[0]
     assert repo.summaries([run_id])[0].favourite or repo.summaries([run_id])[0].public
+    # the export buttons are written anew with the flag (an export right after Publish said "public": false)
+    published = call("flip:2", visitor(mine), run_id, mine)
+    assert "published" in published[0] and repo.summaries([run_id])[0].public
+    assert json.loads(Path(published[1].value["path"]).read_text())["run"]["public"] is True
     with pytest.raises(gr.Error):
         call("delete", visitor(theirs), run_id, theirs)
     text = dumps(run_export(repo.get(run_id), repo.events(run_id)))
@@ -216,3 +225,14 @@ def test_compare_selected_loads_the_ticked_runs_into_compare(app_handlers):
     values = fn(visitor(key), f"{a},{b}", key)
     assert len(values) == n_outputs and values[0] == f"{a},{b}"
     assert "Saved as comparison" in values[-1]
+
+
+def test_a_star_is_shown_to_its_owner_only(database_url):
+    """A published run's favourite star is its owner's private mark: another visitor saw it."""
+    from playground.ui.history import row_of
+
+    repo = RunRepository(database_url)
+    run_id = save(repo, ALICE, prompt="starred")
+    repo.set_flag(run_id, ALICE, "favourite", True)
+    (summary,) = repo.summaries([run_id])
+    assert row_of(summary, ALICE)[2] == "★" and row_of(summary, "browser:" + "b" * 32)[2] == "" == row_of(summary)[2]

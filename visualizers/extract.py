@@ -83,5 +83,5 @@ def extract_figure(events: list[Event]) -> go.Figure | None:
     title = "Top spans: p(span) x p(end of answer)" + ("" if event.done else " (searching)")
     layout = dict(LAYOUT, height=max(280, 60 + 24 * len(spans)))
     fig.update_layout(title=title, xaxis_title="probability (log scale)", xaxis_type="log", yaxis_type="category",
-                      **layout)
+                      yaxis_dtick=1, **layout)          # every span labelled (plotly skipped every other one)
     return fig

@@ -72,10 +72,12 @@ def depth_figure(events: list[Event]) -> go.Figure | None:
         return None
     depths = list(range(1, len(proposed) + 1))
     share = [r / p for r, p in zip(reached, proposed)]
-    fig = go.Figure(go.Bar(x=depths, y=share, marker_color="#1f77b4", textposition="none",
-                           text=[f"depth {d}: {r} of {p} rounds" for d, r, p in zip(depths, reached, proposed)],
-                           hovertemplate="%{text}<br>%{y:.2f}<extra></extra>"))
-    fig.update_layout(title="Acceptance by draft position", xaxis_title="depth in the draft",
+    # the counts are printed on the bars: a share of 0 (0 of 1 rounds) otherwise reads as an empty plot
+    fig = go.Figure(go.Bar(x=depths, y=share, marker_color="#1f77b4", textposition="outside",
+                           text=[f"{r}/{p}" for r, p in zip(reached, proposed)],
+                           customdata=[f"depth {d}: {r} of {p} rounds" for d, r, p in zip(depths, reached, proposed)],
+                           hovertemplate="%{customdata}<br>%{y:.2f}<extra></extra>"))
+    fig.update_layout(title="Acceptance by draft position", xaxis_title="depth in the draft", xaxis_dtick=1,
                       yaxis_title="share of rounds accepted to this depth", yaxis_range=[0, 1.02], **LAYOUT)
     return fig
 

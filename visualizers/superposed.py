@@ -49,8 +49,8 @@ def drafts_figure(events: list[Event]) -> go.Figure | None:
     fig = go.Figure(go.Table(header=dict(values=headers, align="left", fill_color="#eef2f7"),
                              cells=dict(values=cells, align="left", height=30)))
     state = "finished (EOS)" if last.finished else f"step {last.step + 1}"
-    fig.update_layout(title=f"Drafts ({state}; {last.distinct} of {len(last.drafts)} differ in their last "
-                            f"{SUFFIX} tokens; n-gram {'on' if last.ngram else 'off'})",
+    fig.update_layout(title=f"Drafts ({state}; n-gram {'on' if last.ngram else 'off'})<br><sup>{last.distinct} "
+                            f"of {len(last.drafts)} differ in their last {SUFFIX} tokens</sup>",
                       height=260 + 14 * max(len(t) for t in last.drafts) // 60, **LAYOUT)
     return fig
 
@@ -71,8 +71,8 @@ def superposition_figure(events: list[Event]) -> go.Figure | None:
                     hovertemplate="step %{x}<br>weight %{y:.3f}<br>last token %{customdata}<extra></extra>")
     fig.add_scatter(x=x, y=[e.distinct for e in steps], name=f"distinct drafts (last {SUFFIX} tokens)", yaxis="y2", mode="lines+markers",
                     line=dict(color="black", width=1.5), hovertemplate="step %{x}<br>%{y} distinct<extra></extra>")
-    fig.update_layout(barmode="stack", title="Superposition weights per step (softmax of the drafts' cumulative "
-                                             "scores: at a low temperature one draft soon takes nearly all)",
+    fig.update_layout(barmode="stack", title="Superposition weights per step<br><sup>softmax of the drafts' cumulative "
+                                             "scores: at a low temperature one draft soon takes nearly all</sup>",
                       xaxis_title="step", yaxis=dict(title="weight", range=[0, 1]),
                       yaxis2=dict(title="distinct drafts", overlaying="y", side="right", range=[0, k + 0.5],
                                   dtick=1), height=340, **LAYOUT)

@@ -72,6 +72,6 @@ def method_trace_figure(events: list[Event]) -> go.Figure | None:
                       row=row, col=1)
     fig.update_xaxes(title_text="step", row=len(keys), col=1)
     fig.update_annotations(font_size=12)
-    fig.update_layout(title="Method trace (the method's own per-step numbers)", showlegend=False,
+    fig.update_layout(title="Method trace<br><sup>the method's own per-step numbers</sup>", showlegend=False,
                       **{**LAYOUT, "height": 120 + 110 * len(keys), "margin": dict(l=50, r=30, t=60, b=40)})
     return fig

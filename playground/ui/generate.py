@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import threading
 from contextlib import closing
 from dataclasses import dataclass
@@ -77,9 +78,11 @@ def method_form(label: str = "Method") -> tuple[gr.Dropdown, gr.Markdown, list[g
     return method, help_text, groups, inputs, keys
 
 
-def cleared_outputs() -> list[Any]:
-    """The Generate tab's outputs emptied (text, link, metrics, plots; the greedy references kept)."""
-    return ["", "", "", *[gr.Plot(value=None, visible=False) for _ in PANELS], gr.skip()]
+def cleared_outputs(message: str = "") -> list[Any]:
+    """The Generate tab's outputs emptied (text, link, metrics, plots; the greedy references kept), with
+    the refusal's reason in the text area: the toast fades, the reason should not."""
+    text = f'<div class="dp-error" role="alert">{html.escape(message)}</div>' if message else ""
+    return [text, "", "", *[gr.Plot(value=None, visible=False) for _ in PANELS], gr.skip()]
 
 
 def live_page(request: gr.Request, prepared: PreparedRun, references, key) -> Iterator[list[Any]]:
@@ -137,7 +140,7 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
         try:
             prepared = prepare(request_from_inputs(param_keys, inputs))
         except InvalidRequest as exc:
-            yield cleared_outputs()          # the toast must not sit over the previous run's output
+            yield cleared_outputs(str(exc))  # the toast must not sit over the previous run's output
             raise gr.Error(str(exc), print_exception=False)
         yield from live_page(request, prepared, references, key)
 

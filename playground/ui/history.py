@@ -27,16 +27,20 @@ from .share import ID, base_url, downloads, md_text, run_files, run_url
 
 HISTORY_COLUMNS = ["run id", "when (UTC)", "★", "published", "method", "model", "prompt", "output", "tokens",
                    "tok/s", "status", "branch of"]
+# the id column wraps (32 hex digits) so prompt, output and "branch of" fit a laptop's width
+COLUMN_WIDTHS = ["110px", "95px", "32px", "70px", "90px", "90px", "200px", "200px", "60px", "55px", "60px", "110px"]
 SCOPES = [("My runs", "mine"), ("Published by others", "published")]
 MAX_FILTER = 300        # characters of the model filter (the column's width)
 IMPORTS_PER_MINUTE = 6  # one visitor's imports (each up to MAX_IMPORT_BYTES): what a flood can add to the disk
 
 
-def row_of(r: RunSummary) -> list[Any]:
-    """One table row; a branch's prompt starts with an arrow and names its parent and position."""
+def row_of(r: RunSummary, viewer: str | None = None) -> list[Any]:
+    """One table row; a branch's prompt starts with an arrow and names its parent and position. The star
+    is its owner's own mark: shown to the owner only."""
     branch = f"{r.parent_id[:8]} at token {r.parent_position}" if r.parent_id else ""
     prompt = ("↳ " if r.parent_id else "") + r.prompt[:80]
-    return [r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), "★" if r.favourite else "", "yes" if r.public else "",
+    star = "★" if r.favourite and viewer is not None and r.owner == viewer else ""
+    return [r.id, r.created_at.strftime("%Y-%m-%d %H:%M:%S"), star, "yes" if r.public else "",
             r.method, r.model_id, prompt, r.output[:80], r.tokens, round(r.tokens_per_s, 2), r.status, branch]
 
 
@@ -50,7 +54,9 @@ def history_query(owner: str | None, scope: Any, text: Any, model: Any, method: 
     return HistoryQuery(owner=owner, scope=scope if scope in ("mine", "published") else "mine",
                         text=text if isinstance(text, str) else "",
                         model=model[:MAX_FILTER] if isinstance(model, str) else "",
-                        method=method if method in REGISTRY else "", favourites=favourites is True, page=page_number,
+                        method=method if method in REGISTRY else "",
+                        favourites=favourites is True and scope != "published",   # stars are private marks
+                        page=page_number,
                         page_size=PAGE_SIZE)
 
 
@@ -62,12 +68,12 @@ def listing(query: HistoryQuery) -> list[Any]:
     if query.page > pages:
         query = HistoryQuery(**{**query.__dict__, "page": pages})
         rows, total = repo.history(query)
-    whose = "your runs" if query.scope == "mine" else "runs others published"
-    info = f"Page {query.page} of {pages} · {total:,} {whose} match"
+    runs = f"{total:,} run{'' if total == 1 else 's'} {'of yours' if query.scope == 'mine' else 'published by others'}"
+    info = f"Page {query.page} of {pages} · {runs} match{'es' if total == 1 else ''}"
     if query.scope == "mine" and not query.owner:
         info = "No owner key yet (reload the page): your runs are listed once the browser has one."
     ticks = gr.CheckboxGroup(choices=[(f"{r.id[:8]} {r.method}: {r.prompt[:30]}", r.id) for r in rows], value=[])
-    return [[row_of(r) for r in rows], info, ticks, query.page]
+    return [[row_of(r, query.owner) for r in rows], info, ticks, query.page]
 
 
 def open_run(run_id: str, base: str = "") -> list[Any]:
@@ -111,7 +117,8 @@ class HistoryTab:
     def __init__(self, browser_key: gr.BrowserState):
         self.browser_key = browser_key
         self._filters()
-        self.table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-table", wrap=True)
+        self.table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, elem_id="history-table", wrap=True,
+                                  column_widths=COLUMN_WIDTHS)
         self._compare_picker()
         self._opened_run()
         self._importer()
@@ -232,12 +239,13 @@ class HistoryTab:
                     raise gr.Error("Only the run's owner can change it (open one of your runs first).",
                                    print_exception=False)
                 default_repository().set_flag(run_id, owner, name, not getattr(found[0], name))
-                return details(default_repository().summaries([run_id])[0])
+                # the exports are written anew: one made right after Publish said "public": false
+                return [details(default_repository().summaries([run_id])[0]), *downloads(run_files(run_id))]
             return flip
 
         for button, name in ((self.favourite, "favourite"), (self.publish, "public")):
-            self.refresh_on(button.click(toggle(name), [self.run_id, self.browser_key], self.details,
-                                         queue=False).success)
+            self.refresh_on(button.click(toggle(name), [self.run_id, self.browser_key],
+                                         [self.details, self.json, self.csv], queue=False).success)
 
         def ask(run_id):
             run_id = (run_id or "").strip().lower()
