@@ -63,11 +63,20 @@ def test_cli_bad_input_exits_2_with_one_line(args, message):
     assert RunRepository().count() == before                       # nothing half-saved
 
 
-def test_server_clamps_huge_lengths_and_rejects_overlong_prompts(embedded):
+def test_server_clamps_huge_lengths_and_rejects_overlong_prompts(embedded, monkeypatch):
+    from playground.config import settings
+
     run = prepare(GenerationRequest("Hello", max_new_tokens=10**9), embedded)
     assert run.max_new_tokens == 512 and "clamped" in run.notices[0]
-    with pytest.raises(InvalidRequest, match="context holds"):
+    with pytest.raises(InvalidRequest, match="this server takes at most 4,096"):     # the server's own cap first
         prepare(GenerationRequest("word " * 9000, max_new_tokens=5), embedded)
+    monkeypatch.setenv("PLAYGROUND_MAX_PROMPT_TOKENS", "100000")                      # then the model's context
+    settings.cache_clear()
+    try:
+        with pytest.raises(InvalidRequest, match="context holds"):
+            prepare(GenerationRequest("word " * 9000, max_new_tokens=5), embedded)
+    finally:
+        settings.cache_clear()
     with pytest.raises(InvalidRequest, match="seed"):
         prepare(GenerationRequest("Hello", seed=-1), embedded)
 

@@ -9,6 +9,7 @@ dated and re-measured; notices reach the page and the API; a saved run's record 
 from __future__ import annotations
 
 import json
+import re
 import random
 import socket
 import threading
@@ -243,7 +244,7 @@ def test_notices_show_the_latest_active_one_per_key_escaped():
     expected = ('<div class="dp-notice">clamped &lt;b&gt;</div>'
                 '<div class="dp-notice">drafts pay again &lt;script&gt;</div>')
     assert notices_html(events) == expected
-    assert tokens_html(events).startswith(f'<div class="dp-text">{expected}<div class="dp-prompt">')
+    assert tokens_html(events).startswith(f'<div class="dp-text" data-run="r">{expected}<div class="dp-prompt">')
 
 
 def test_clamp_notice_reaches_the_page_and_the_max_field_allows_more(embedded, monkeypatch):
@@ -265,8 +266,8 @@ def test_clamp_notice_reaches_the_page_and_the_max_field_allows_more(embedded, m
     first_drawn = render(next(page)[0]).text_html          # before any token
     page.close()
     assert run.max_new_tokens == 3
-    assert first_drawn.startswith(
-        '<div class="dp-text"><div class="dp-notice">max_new_tokens 10 was clamped to the server cap of 3.</div>')
+    assert re.match(r'<div class="dp-text"[^>]*><div class="dp-notice">max_new_tokens 10 was clamped to the server '
+                    r'cap of 3\.</div>', first_drawn)
 
 
 def test_an_api_caller_gets_the_notice_and_its_own_greedy_reference(embedded, monkeypatch, tmp_path):
@@ -284,12 +285,14 @@ def test_an_api_caller_gets_the_notice_and_its_own_greedy_reference(embedded, mo
     app.launch(server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         def call(client, method, max_new=8):
-            return client.predict("embedded", "", "float32", method, max_new, 0, True, "Count to ten.", api_name="/run")
+            # the first input is the caller's owner key (a browser's comes from its localStorage; "" = none)
+            return client.predict("", "embedded", "", "float32", method, max_new, 0, True, "Count to ten.",
+                                  api_name="/run")
 
         a, b = Client(f"http://127.0.0.1:{port}/", verbose=False), Client(f"http://127.0.0.1:{port}/", verbose=False)
         text, link, metrics, *_ = call(a, "greedy", max_new=9)
-        assert text.startswith('<div class="dp-text"><div class="dp-notice">'
-                               'max_new_tokens 9 was clamped to the server cap of 8.</div>')
+        assert re.match(r'<div class="dp-text"[^>]*><div class="dp-notice">'
+                        r'max_new_tokens 9 was clamped to the server cap of 8\.</div>', text)
         assert "this greedy run (8 tokens)" in metrics and "Saved as run" in link
         assert "a greedy run by the same user before this one (8 tokens)" in call(a, "prompt_lookup")[2]
         assert "a greedy run by the same user before this one" not in call(b, "prompt_lookup")[2]

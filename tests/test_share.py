@@ -281,8 +281,10 @@ def test_history_filters_from_the_page_are_checked():
 
     q = history_query(OWNER, "everyone", 5, ["m"], "drop table", "yes", "abc")
     assert (q.scope, q.text, q.model, q.method, q.favourites, q.page) == ("mine", "", "", "", False, 1)
-    q = history_query(OWNER, "published", "sea", "m", "beam", True, 3)
-    assert (q.scope, q.text, q.model, q.method, q.favourites, q.page) == ("published", "sea", "m", "beam", True, 3)
+    q = history_query(OWNER, "published", "sea", "m", "beam", True, 3)      # stars are their owners' own marks:
+    assert (q.scope, q.text, q.model, q.method, q.favourites, q.page) == ("published", "sea", "m", "beam", False, 3)
+    q = history_query(OWNER, "mine", "sea", "m", "beam", True, 3)           # the favourites filter is for yours
+    assert q.favourites is True
     assert "No saved run" in tree_html(uuid.uuid4().hex)
 
 

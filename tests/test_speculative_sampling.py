@@ -333,6 +333,9 @@ def test_truncated_embedded_draft_shares_weights(embedded):
     from playground.models import load_model
     from playground.runner import DEFAULT_DRAFT, GenerationRequest, prepare
 
+    # the model the draft is cut from is the cache's current one (the LRU cache may have reloaded it since
+    # the session fixture loaded its own copy)
+    embedded = load_model("embedded", embedded.dtype)
     draft = load_model("embedded@layers=4", embedded.dtype)
     assert draft.model.config.num_hidden_layers == 4 and embedded.model.config.num_hidden_layers > 4
     assert draft.model.model.layers[3].self_attn.q_proj.weight.data_ptr() == \
