@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 
 from storage import default_repository
+from storage.models import ID_PATTERN
 
 from .events import Event, MetricsEvent, RunStarted, TokenEvent, from_dicts
 from .runner import Branch, InvalidRequest
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 PICK = re.compile(r"\s*([0-9a-f]{32})\s*:\s*(\d{1,7})\s*")   # what the page's click handler writes
 MAX_TYPED_CHARS = 200
 MAX_TYPED_TOKENS = 16
@@ -45,7 +45,7 @@ def parse_pick(value: object) -> tuple[str, int]:
 
 def parent_events(run_id: str) -> list[Event]:
     """A saved, finished run's events; a run still going (or cut off) has none to branch from yet."""
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+    if not isinstance(run_id, str) or not ID_PATTERN.fullmatch(run_id):
         raise InvalidRequest("That is not a run id (32 hexadecimal characters).")
     row = default_repository().get(run_id)
     if row is None:

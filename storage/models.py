@@ -4,11 +4,15 @@ migrations (storage/migrations), never `create_all` on a database that already h
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+# Run and comparison ids: uuid4 hex (122 random bits); what every handler checks an id against.
+ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
 # A run's life: "running" from its first event, then how it ended (the MetricsEvent's stop reason:
 # eos | length | stopped | error | time limit), or "interrupted" when the server died mid-run.

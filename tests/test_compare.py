@@ -124,7 +124,7 @@ def run_live(tab, values, session="compare-test", stop_after=None):
     for i, out in enumerate(tab.live(request(session), None, KEY, *values)):
         yields.append(out)
         if stop_after is not None and i + 1 == stop_after:
-            compare_ui._stops[session].set()
+            compare_ui._stops.stop(session)
     return yields
 
 

@@ -7,6 +7,7 @@ import html
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from typing import Any, Iterator
 
 import gradio as gr
@@ -26,6 +27,30 @@ log = logging.getLogger(__name__)
 # and never sooner than RENDER_FACTOR x the last drawing's cost.
 MIN_INTERVAL_S = 0.4
 RENDER_FACTOR = 15
+
+
+class StopFlags:
+    """The Stop flags of the runs in flight, one per browser session; each tab keeps its own, so Stop on
+    one tab never stops another's run. A run holds its flag for exactly as long as it runs."""
+
+    def __init__(self):
+        self._flags: dict[str, threading.Event] = {}
+
+    @contextmanager
+    def held(self, session: str) -> Iterator[threading.Event]:
+        flag = self._flags[session] = threading.Event()
+        try:
+            yield flag
+        finally:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
+
+    def stop(self, session: str) -> None:
+        if session in self._flags:
+            self._flags[session].set()
+
+    def __contains__(self, session: str) -> bool:
+        return session in self._flags
 
 
 def param_component(param: Param):

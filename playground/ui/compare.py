@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import gradio as gr
 
 from storage import default_repository
+from storage.models import ID_PATTERN
 from visualizers import PANELS
 from visualizers.compare import (LETTERS, column_label, diff_html, entropy_overlay_figure, probability_overlay_figure,
                                  table_html)
@@ -29,16 +30,15 @@ from ..gpu import on_gpu
 from ..limits import GENERATION, ClientLimits, admit_request
 from ..models import EMBEDDED, EMBEDDED_NAME
 from ..runner import GenerationRequest, InvalidRequest, PreparedRun, prepare
-from .common import outputs_for, panel_plots, stream
+from .common import StopFlags, outputs_for, panel_plots, stream
 from .generate import method_form, request_from_inputs
 from .identity import owner_of
 
 MIN_COLUMNS, MAX_COLUMNS = 2, 4
-RUN_ID = re.compile(r"[0-9a-f]{32}")
 MAX_IDS_TEXT = 1000          # the saved-ids box: 4 ids and separators fit many times over
 
 # Stop flags of the comparisons in flight, by browser session; each removes its own when it ends.
-_stops: dict[str, threading.Event] = {}
+_stops = StopFlags()
 
 
 class UnknownRuns(LookupError):
@@ -109,7 +109,7 @@ def parse_run_ids(text: Any) -> list[str]:
     if len(text) > MAX_IDS_TEXT:
         raise ValueError(f"That is {len(text):,} characters; give {MIN_COLUMNS} to {MAX_COLUMNS} run ids.")
     ids = [part for part in re.split(r"[\s,]+", text.strip().lower()) if part]
-    bad = [part for part in ids if not RUN_ID.fullmatch(part)]
+    bad = [part for part in ids if not ID_PATTERN.fullmatch(part)]
     if bad:
         raise ValueError(f"Not a run id: {bad[0][:40]!r} (run ids are 32 hexadecimal characters).")
     if not MIN_COLUMNS <= len(ids) <= MAX_COLUMNS:
@@ -284,23 +284,19 @@ class CompareTab:
         except InvalidRequest as exc:
             yield [*drawn([]), "", gr.skip()]       # the toast must not sit over the previous comparison
             raise gr.Error(str(exc), print_exception=False)
-        stop = _stops[request.session_hash] = threading.Event()
         skip_all = [gr.skip()] * len(self.view.outputs)
         first = drawn([[] for _ in prepared])      # the previous comparison's output is cleared, not painted over
-        try:
-            with closing(run_comparison(prepared, stop, references, owner_of(request, key))) as progress:
-                for moment in progress:
-                    values_now, first = first or list(skip_all), None
-                    self._place(values_now, moment.column, moment.runs[moment.column])
-                    link = ""
-                    if len(moment.run_ids) == len(moment.runs) or moment.comparison_id:
-                        values_now[-4:] = shared_values(moment.runs)        # a column ended: the overlays so far
-                    if moment.comparison_id:
-                        link = comparison_link(moment.comparison_id, moment.stopped)
-                    yield [*values_now, link, moment.references if moment.references is not None else gr.skip()]
-        finally:
-            if _stops.get(request.session_hash) is stop:
-                del _stops[request.session_hash]
+        with _stops.held(request.session_hash) as stop, \
+                closing(run_comparison(prepared, stop, references, owner_of(request, key))) as progress:
+            for moment in progress:
+                values_now, first = first or list(skip_all), None
+                self._place(values_now, moment.column, moment.runs[moment.column])
+                link = ""
+                if len(moment.run_ids) == len(moment.runs) or moment.comparison_id:
+                    values_now[-4:] = shared_values(moment.runs)        # a column ended: the overlays so far
+                if moment.comparison_id:
+                    link = comparison_link(moment.comparison_id, moment.stopped)
+                yield [*values_now, link, moment.references if moment.references is not None else gr.skip()]
 
     def _place(self, values: list[Any], column: int, events: list[Event]) -> None:
         width = 3 + len(self.view.columns[0].plots)
@@ -342,8 +338,7 @@ class CompareTab:
                            concurrency_id=GENERATION, validator=admit)
 
         def stop_run(request: gr.Request):
-            if request.session_hash in _stops:
-                _stops[request.session_hash].set()
+            _stops.stop(request.session_hash)
 
         self.stop.click(stop_run, None, None, concurrency_limit=None, queue=False)
 

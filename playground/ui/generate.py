@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import threading
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -20,11 +19,10 @@ from ..models import EMBEDDED, EMBEDDED_NAME, available_models
 from ..prompts import PROMPT_SETS
 from ..runner import GenerationRequest, InvalidRequest, PreparedRun, prepare
 from .branch import BranchPanel
-from .common import method_help, outputs_for, panel_plots, param_component, share_link, stream
+from .common import StopFlags, method_help, outputs_for, panel_plots, param_component, share_link, stream
 from .identity import owner_of
 
-# Stop flags of the runs in flight, by browser session; each run removes its own when it ends.
-_stops: dict[str, threading.Event] = {}
+_stops = StopFlags()
 
 
 @dataclass
@@ -88,16 +86,12 @@ def cleared_outputs(message: str = "") -> list[Any]:
 def live_page(request: gr.Request, prepared: PreparedRun, references, key) -> Iterator[list[Any]]:
     """A prepared run streamed into the Generate tab's outputs (text, link, metrics, plots, references);
     the Stop button stops it (by browser session), and a closed page stops it at once."""
-    stop = _stops[request.session_hash] = threading.Event()
-    try:
-        with closing(stream(prepared, stop, references, owner_of(request, key))) as page:
-            for events, run_id, updated in page:
-                outputs = outputs_for(events)
-                yield [outputs[0], share_link(run_id) if run_id else "", *outputs[1:],
-                       updated if updated is not None else gr.skip()]
-    finally:
-        if _stops.get(request.session_hash) is stop:
-            del _stops[request.session_hash]
+    with _stops.held(request.session_hash) as stop, \
+            closing(stream(prepared, stop, references, owner_of(request, key))) as page:
+        for events, run_id, updated in page:
+            outputs = outputs_for(events)
+            yield [outputs[0], share_link(run_id) if run_id else "", *outputs[1:],
+                   updated if updated is not None else gr.skip()]
 
 
 def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState, tabs: gr.Tabs | None = None,
@@ -165,8 +159,7 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
                 validator=admit)
 
     def stop_run(request: gr.Request):
-        if request.session_hash in _stops:
-            _stops[request.session_hash].set()
+        _stops.stop(request.session_hash)
 
     stop_btn.click(stop_run, None, None, concurrency_limit=None, queue=False)
     branch.wire(tabs, gen_inputs, gen_outputs, lambda form_values: request_from_inputs(param_keys, form_values),

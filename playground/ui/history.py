@@ -16,6 +16,7 @@ import gradio as gr
 
 from storage import default_repository
 from storage.export import MAX_IMPORT_BYTES, InvalidExport, import_export
+from storage.models import ID_PATTERN
 from storage.repository import PAGE_SIZE, HistoryQuery, RunSummary
 from strategies import REGISTRY
 from visualizers import render
@@ -23,7 +24,7 @@ from visualizers import render
 from ..limits import ClientLimits, client_key
 from .common import outputs_for, panel_plots
 from .identity import owner_of
-from .share import ID, base_url, downloads, md_text, run_files, run_url
+from .share import base_url, downloads, md_text, run_files, run_url
 
 HISTORY_COLUMNS = ["run id", "when (UTC)", "★", "published", "method", "model", "prompt", "output", "tokens",
                    "tok/s", "status", "branch of"]
@@ -79,8 +80,8 @@ def listing(query: HistoryQuery) -> list[Any]:
 def open_run(run_id: str, base: str = "") -> list[Any]:
     """[link, details, text, metrics, *plots, json, csv] of a saved run, re-drawn from its events."""
     run_id = (run_id or "").strip().lower()
-    events = default_repository().events(run_id) if ID.fullmatch(run_id) else None
-    found = default_repository().summaries([run_id]) if ID.fullmatch(run_id) else []
+    events = default_repository().events(run_id) if ID_PATTERN.fullmatch(run_id) else None
+    found = default_repository().summaries([run_id]) if ID_PATTERN.fullmatch(run_id) else []
     if events is None and found:
         raise gr.Error(f"Run {run_id} is {found[0].status}: it has no saved events to draw.", print_exception=False)
     if events is None:
@@ -98,7 +99,7 @@ def details(r: RunSummary) -> str:
 
 def tree_html(run_id: str) -> str:
     """The branch tree holding a run, indented by depth, the run itself in bold (all text escaped)."""
-    nodes = default_repository().tree(run_id) if ID.fullmatch(run_id or "") else []
+    nodes = default_repository().tree(run_id) if ID_PATTERN.fullmatch(run_id or "") else []
     if not nodes:
         return "<i>No saved run to draw branches for.</i>"
     items = []
@@ -197,7 +198,7 @@ class HistoryTab:
         self._wire_pages()
         self._wire_open()
         self._wire_owner_actions()
-        self.ticks.change(lambda ids: ",".join(i for i in (ids or []) if ID.fullmatch(str(i))), self.ticks,
+        self.ticks.change(lambda ids: ",".join(i for i in (ids or []) if ID_PATTERN.fullmatch(str(i))), self.ticks,
                           self.selected, queue=False)
 
     def _wire_pages(self) -> None:
@@ -234,7 +235,7 @@ class HistoryTab:
             def flip(request: gr.Request, run_id, key):
                 run_id = (run_id or "").strip().lower()
                 owner = owner_of(request, key)
-                found = default_repository().summaries([run_id]) if ID.fullmatch(run_id) else []
+                found = default_repository().summaries([run_id]) if ID_PATTERN.fullmatch(run_id) else []
                 if not found or not owner or found[0].owner != owner:
                     raise gr.Error("Only the run's owner can change it (open one of your runs first).",
                                    print_exception=False)
@@ -249,7 +250,7 @@ class HistoryTab:
 
         def ask(run_id):
             run_id = (run_id or "").strip().lower()
-            if not ID.fullmatch(run_id):
+            if not ID_PATTERN.fullmatch(run_id):
                 raise gr.Error("Open a run first.", print_exception=False)
             return [gr.Row(visible=True), f"Delete run `{run_id}`? Its link will say \"not found\"."]
 
@@ -259,7 +260,7 @@ class HistoryTab:
         def delete(request: gr.Request, run_id, key):
             run_id = (run_id or "").strip().lower()
             owner = owner_of(request, key)
-            if not owner or not ID.fullmatch(run_id) or not default_repository().delete(run_id, owner=owner):
+            if not owner or not ID_PATTERN.fullmatch(run_id) or not default_repository().delete(run_id, owner=owner):
                 raise gr.Error("Only the run's owner can delete it (or it is already gone).", print_exception=False)
             gr.Info(f"Deleted run {run_id}.")
             cleared = ["", "", "", *[gr.Plot(visible=False) for _ in self.plots], *downloads(None), ""]

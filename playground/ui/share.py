@@ -16,6 +16,7 @@ import gradio as gr
 
 from storage import default_repository
 from storage.export import comparison_export, csv_text, dumps, run_export
+from storage.models import ID_PATTERN
 from visualizers import PANELS
 
 from ..config import settings
@@ -24,7 +25,6 @@ from .common import outputs_for, panel_plots
 from .compare import MAX_COLUMNS, CompareView, compare_outputs
 from .generate import Form
 
-ID = re.compile(r"[0-9a-f]{32}")
 HOST = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 EXPORT_DIR = Path(tempfile.gettempdir()) / "playground-exports"
 
@@ -97,7 +97,7 @@ def _write(name: str, text: str) -> str:
 
 def run_files(run_id: str) -> tuple[str, str] | None:
     """(JSON path, CSV path) of a saved run's export, or None when there is no such run."""
-    row = default_repository().get(run_id) if ID.fullmatch(run_id or "") else None
+    row = default_repository().get(run_id) if ID_PATTERN.fullmatch(run_id or "") else None
     if row is None or row.events is None:
         return None
     events = default_repository().events(run_id)
@@ -176,7 +176,7 @@ class SharedPanel:
     def wire(self, tabs: gr.Tabs, form: Form) -> None:
         """Re-run / Fork fill the Generate form from the run's record; Re-run then presses Generate."""
         def load(run_id: str):
-            events = default_repository().events(run_id) if ID.fullmatch(run_id or "") else None
+            events = default_repository().events(run_id) if ID_PATTERN.fullmatch(run_id or "") else None
             if not events or not isinstance(events[0], RunStarted):
                 raise gr.Error("That run is no longer saved.", print_exception=False)
             return [gr.Column(visible=False), gr.Tabs(selected="generate"), *form_values(events[0], form)]
@@ -202,7 +202,7 @@ class SharedPanel:
 
     def not_found(self, kind: str, item_id: str) -> list[Any]:
         what = "run" if kind == "run" else "comparison"
-        unfinished = default_repository().summaries([item_id]) if kind == "run" and ID.fullmatch(item_id) else []
+        unfinished = default_repository().summaries([item_id]) if kind == "run" and ID_PATTERN.fullmatch(item_id) else []
         if unfinished:        # its row is written at the start, its events at the end
             return self.nothing(f"### Run {item_id} has no saved events yet\nIt is {unfinished[0].status}: "
                                 "a run is drawn here once it has finished.")
@@ -216,7 +216,7 @@ class SharedPanel:
                 *downloads(None), *self._hidden_views(), ""]
 
     def run_values(self, run_id: str, base: str) -> list[Any]:
-        events = default_repository().events(run_id) if ID.fullmatch(run_id) else None
+        events = default_repository().events(run_id) if ID_PATTERN.fullmatch(run_id) else None
         if not events:
             return self.not_found("run", run_id)
         title = f"### Shared run `{run_id}`\n{describe(events)} · read-only, re-drawn from the saved events"
@@ -227,7 +227,7 @@ class SharedPanel:
                 *downloads(run_files(run_id)), *views, run_id]
 
     def comparison_values(self, comparison_id: str, base: str) -> list[Any]:
-        comparison = default_repository().comparison(comparison_id) if ID.fullmatch(comparison_id) else None
+        comparison = default_repository().comparison(comparison_id) if ID_PATTERN.fullmatch(comparison_id) else None
         if comparison is None:
             return self.not_found("compare", comparison_id)
         repo = default_repository()
