@@ -11,7 +11,7 @@ from .branch import token_scripts
 from .common import stream
 from .compare import build_compare_tab
 from .generate import build_generate_tab, request_from_inputs
-from .identity import browser_key_state, new_key
+from .identity import browser_key_state, login_button, new_key
 from .history import build_history_tab
 from .share import SharedPanel
 
@@ -25,6 +25,7 @@ def build_app() -> gr.Blocks:
         limits = ClientLimits.from_settings()  # one ledger for every tab that runs a model (limits.py)
         gr.Markdown("## Decoding Playground\nPick a model and a decoding method, press **Generate**, and watch "
                     "the method work. Hover a token for its probability and the alternatives.")
+        login_button()                       # Sign in with Hugging Face where the Space has OAuth (identity.py)
         token_scripts()                      # click a token to branch; tooltips kept on screen (branch.py)
         shared = SharedPanel()               # what a ?run= / ?compare= link opens, above the tabs (share.py)
         with gr.Tabs(selected="generate") as tabs:
