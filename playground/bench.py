@@ -93,11 +93,16 @@ def main(args) -> int:
         if args.json:
             print(json.dumps(report, indent=2))
         return 0
+    from .benchmarks.roofline import print_roofline, report as roofline_report
+
+    roofline = roofline_report(loaded.model)
+    if not args.json:
+        print_roofline(roofline)
     if args.prompts not in PROMPT_SETS and args.prompts != "all":          # a prompt file
-        return bench_file(loaded, methods, args)
+        return bench_file(loaded, methods, args, roofline)
     sets = list(PROMPT_SETS) if args.prompts == "all" else [args.prompts]
     report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
-              "max_new_tokens": args.max_new_tokens, "repeats": args.repeats,
+              "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "roofline": roofline,
               "sets": {name: bench_set(loaded, methods, PROMPT_SETS[name], args) for name in sets}}
     if args.json:
         print(json.dumps(report, indent=2))
@@ -109,7 +114,7 @@ def main(args) -> int:
     return 0
 
 
-def bench_file(loaded, methods: list[str], args) -> int:
+def bench_file(loaded, methods: list[str], args, roofline: dict) -> int:
     """Per-prompt best-of-repeats, per-category geomeans (benchmarks/per_prompt.py)."""
     from .benchmarks.per_prompt import measure, print_report, summarise
     from .benchmarks.prompt_file import PromptFileError, read_prompts
@@ -123,7 +128,7 @@ def bench_file(loaded, methods: list[str], args) -> int:
     result = summarise(methods, prompts, measure(loaded, methods, prompts, args, peers), peers)
     report = {"model": loaded.model_id, "dtype": loaded.dtype, "threads": torch.get_num_threads(),
               "max_new_tokens": args.max_new_tokens, "repeats": args.repeats, "prompt_file": str(args.prompts),
-              **result}
+              "roofline": roofline, **result}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

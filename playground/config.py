@@ -40,6 +40,7 @@ class Settings:
     max_new_tokens_cap: int  # server-side clamp: API callers bypass slider bounds
     threads: int
     forward: str             # "lean" (playground/lean_forward.py where the model allows) or "transformers"
+    row_split: bool          # the lean forward's few-row products split over every core (playground/row_split.py)
     host: str
     port: int
     public_url: str          # base of share links (set it to the Space's URL when deployed)
@@ -73,6 +74,7 @@ class Settings:
             max_new_tokens_cap=int(_env("PLAYGROUND_MAX_NEW_TOKENS_CAP", "512")),
             threads=int(_env("PLAYGROUND_THREADS", str(os.cpu_count() or 1))),
             forward=_choice("PLAYGROUND_FORWARD", "lean", ("lean", "transformers")),
+            row_split=_flag("PLAYGROUND_ROW_SPLIT", True),
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from . import row_split
+from .config import settings
+
 
 @dataclass
 class LeanOutput:
@@ -49,12 +52,22 @@ def causal_mask(n: int, past: int, dtype: torch.dtype, device=None) -> torch.Ten
     return mask[None, None]
 
 
-def attention(layer_index: int, attn, x, cos, sin, cache, mask):
+def project(linear, module: torch.nn.Linear, x):
+    return linear(x, module.weight, module.bias)
+
+
+def mlp(linear, module, x):
+    """LlamaMLP: down(act(gate(x)) * up(x))."""
+    return project(linear, module.down_proj, module.act_fn(project(linear, module.gate_proj, x))
+                   * project(linear, module.up_proj, x))
+
+
+def attention(linear, layer_index: int, attn, x, cos, sin, cache, mask):
     batch, n, _ = x.shape
     head_dim = attn.head_dim
-    q = attn.q_proj(x).view(batch, n, -1, head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(batch, n, -1, head_dim).transpose(1, 2)
-    v = attn.v_proj(x).view(batch, n, -1, head_dim).transpose(1, 2)
+    q = project(linear, attn.q_proj, x).view(batch, n, -1, head_dim).transpose(1, 2)
+    k = project(linear, attn.k_proj, x).view(batch, n, -1, head_dim).transpose(1, 2)
+    v = project(linear, attn.v_proj, x).view(batch, n, -1, head_dim).transpose(1, 2)
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     if cache is not None:
         k, v = cache.update(k, v, layer_index)
@@ -65,7 +78,7 @@ def attention(layer_index: int, attn, x, cos, sin, cache, mask):
         mask = causal_mask(n, k.shape[2] - n, q.dtype, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=attn.scaling,
                                          enable_gqa=k.shape[1] != q.shape[1])
-    return attn.o_proj(out.transpose(1, 2).reshape(batch, n, -1))
+    return project(linear, attn.o_proj, out.transpose(1, 2).reshape(batch, n, -1))
 
 
 def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
@@ -77,6 +90,7 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     convention: embeddings, each layer's un-normalised output, and the last one normalised.
     `inputs_embeds` (batch, n, hidden), with input_ids None, replaces the embedding look-up."""
     inner = model.model
+    linear = row_split.linear if settings().row_split else F.linear
     if inputs_embeds is not None:
         batch, n = inputs_embeds.shape[:2]
     else:
@@ -91,12 +105,12 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
                                                                                       torch.finfo(x.dtype).min)
     hidden = [x] if output_hidden_states else None
     for i, layer in enumerate(inner.layers):
-        x = x + attention(i, layer.self_attn, layer.input_layernorm(x), cos, sin, cache, attention_mask)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        x = x + attention(linear, i, layer.self_attn, layer.input_layernorm(x), cos, sin, cache, attention_mask)
+        x = x + mlp(linear, layer.mlp, layer.post_attention_layernorm(x))
         if hidden is not None:
             hidden.append(x)
     x = inner.norm(x)
     if hidden is not None:
         hidden[-1] = x
-    logits = model.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+    logits = project(linear, model.lm_head, x[:, -logits_to_keep:] if logits_to_keep else x)
     return LeanOutput(logits, tuple(hidden) if hidden is not None else None)

@@ -192,7 +192,10 @@ def test_bench_reports_methods_against_generate_and_greedy(embedded, capsys):
 
     assert main(["bench", "--methods", "prompt_lookup", "--max-new-tokens", "6", "--prompts", "grounded",
                  "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)["sets"]["grounded"]
+    report = json.loads(capsys.readouterr().out)
+    assert [(s["context"], s["path"]) for s in report["roofline"]["steps"]] == [
+        (32, "ours"), (32, "transformers"), (640, "ours"), (640, "transformers")]
+    result = report["sets"]["grounded"]
     rows = {r["method"]: r for r in result["methods"]}
     assert list(rows) == ["greedy", "prompt_lookup"]                  # greedy always runs: it is the reference
     assert rows["greedy"]["ratio_to_greedy"] == 1.0 and result["generate_greedy"]["tokens_per_s"] > 0

@@ -2,7 +2,9 @@
 
 Tiny float64 llamas: logits and hidden states agree to 1e-10 for a prompt, one-token steps, a
 causal chain on top of the cache, a tree mask, a batch, and a truncated view; the caches they
-leave behind agree too. The embedded model: decode steps are bitwise equal, prompts within 1e-4.
+leave behind agree too. The embedded model (float32): decode steps and prompts within 1e-3 (logits ~ 20), with the same greedy tokens
+(the lean forward's few-row products are split over the cores, playground/row_split.py, so they
+round differently from MKL's one-row product).
 """
 
 from __future__ import annotations
@@ -90,17 +92,18 @@ def test_truncated_view_matches(model):
     assert_same_cache(ref_cache, lean_cache)
 
 
-def test_embedded_decode_steps_are_bitwise_equal(embedded):
+def test_embedded_decode_steps_agree(embedded):
     model, tokenizer = embedded.model, embedded.tokenizer
     prompt = torch.tensor([tokenizer.encode("The quick brown fox")])
     ref, lean, ref_cache, lean_cache = both(model, prompt)
-    torch.testing.assert_close(lean.logits, ref.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(lean.logits, ref.logits, atol=1e-3, rtol=0)   # logits ~ 20: float32 rounding over 30 layers
     token_ref = token_lean = ref.logits[0, -1].argmax().view(1, 1)
     with torch.inference_mode():
         for _ in range(4):
             a = model(input_ids=token_ref, cache=ref_cache, use_cache=True).logits
             b = lean_forward.forward(model, token_lean, lean_cache).logits
-            assert torch.equal(a, b)
+            torch.testing.assert_close(b, a, atol=1e-3, rtol=0)
+            assert torch.equal(a[0, -1].argmax(), b[0, -1].argmax())
             token_ref, token_lean = a[0, -1].argmax().view(1, 1), b[0, -1].argmax().view(1, 1)
 
 
