@@ -343,6 +343,9 @@ def serve_and_check(state: dict) -> dict:
             for f in Path(p).rglob("*") if f.is_file() and f.stat().st_mtime >= started)
         checks["folder owners"] = owners
         checks["still running"] = process.poll() is None
+        log.flush()
+        # a container's log is its output: block-buffered stdout would show nothing until the process ends
+        checks["the server's output reached its log while serving"] = os.path.getsize(state["log"]) > 0
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
