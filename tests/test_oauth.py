@@ -187,6 +187,9 @@ def test_signed_in_hub_name_owns_the_runs_through_gradios_own_login(space):
         assert call(client, demo, "run", KEY) == "user:ana"
         # what the caller sends cannot make it someone else: the key is not a name, a name is not a key
         assert call(client, demo, "read", "user:bob") == "user:ana"
+        # a name too long for the owner column whole is not cut to a prefix another name could share
+        sign_in(client, space, "a" * 60)
+        assert call(client, demo, "read", KEY) == f"browser:{KEY}"
         client.get("/logout", follow_redirects=False)
         assert call(client, demo, "read", KEY) == f"browser:{KEY}"
         assert call(client, demo, "read", "user:bob") == "nobody"

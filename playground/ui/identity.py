@@ -57,7 +57,9 @@ def owner_of(request: gr.Request | None, browser_key: str | None) -> str | None:
 
 # What a Space with `hf_oauth: true` sets; gradio's login routes need all four.
 OAUTH_VARIABLES = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
-_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+# at most 59 characters, so "user:<name>" fits the 64-character owner column whole (two long names cut
+# to the same prefix would otherwise share their runs)
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,58}")
 
 
 def oauth_enabled() -> bool:
