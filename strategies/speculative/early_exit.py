@@ -36,6 +36,8 @@ from playground.events import LayerAcceptanceEvent
 
 from ..base import Param, Strategy
 from . import acceptance
+from .cost_model import cost_model_for
+from .fallback import PlainFallback
 from .rounds import (AcceptanceStats, PlainStepNotice, committed_count, node_q, prefill_all_but_last,
                      round_events)
 from .tree import keep_prefix
@@ -125,6 +127,16 @@ def crop_layers(cache, keep: int, layers: int) -> None:
             layer.crop(-extra)
 
 
+def round_cost(costs, model, layer: int, drafted: int, context: int) -> float:
+    """Seconds a DEL round costs, from the warm-up's pass costs: the verification pass over root + drafts,
+    and one pass of the first `layer` layers and the LM head per draft token (a share (l + h) / (L + h) of
+    a one-token pass, h the head in layers)."""
+    if not drafted:
+        return costs.cost(1, context)
+    layers, head = model.config.num_hidden_layers, head_in_layers(model)
+    return costs.cost(drafted + 1, context) + drafted * costs.cost(1, context) * (layer + head) / (layers + head)
+
+
 class LensSchedule:
     """When to read every layer's shadow tokens. Reading them costs about half a forward pass on a CPU;
     while no layer pays (plain steps) that cost is all DEL adds, and at every 4th round it made DEL
@@ -190,15 +202,21 @@ class EarlyExit(Strategy):
         root = prefill_all_but_last(s, cache)
         stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         lens = LensSchedule(self.p["lens_every"])
+        automatic = not (fixed_layer or self.p["draft_length"])
+        costs = cost_model_for(s.model)
+        guard = PlainFallback() if self.falls_back() and costs.frozen else None    # fallback.py
         while True:
             context = s.prompt_ids + s.output_ids
             room = s.max_new_tokens - len(s.output_ids) - 1
             longest = min(self.p["draft_length"] or self.p["max_draft"], room)
             layer, length, table = plan(agreement.alpha, head, longest, fixed_layer,
                                         min(self.p["draft_length"], room) if longest else 0)
+            forced = guard is not None and guard.plain(step) and layer > 0
+            if forced:
+                layer, length = 0, 0
             drafts, q = self.draft(s, views, layer, length, cache, root, warp, draft_gen)
 
-            drafting = layer > 0 or bool(fixed_layer or self.p["draft_length"])
+            drafting = layer > 0 or not automatic
             read_lens = lens.due(step, drafting)
             logits, out = s.forward([root] + drafts, cache, last_only=False, output_hidden_states=read_lens)
             logits = logits[0]
@@ -209,17 +227,26 @@ class EarlyExit(Strategy):
                                        tpl=table.max(-1).values.tolist(), baseline_tpl=1.0 / (layers + head),
                                        exit_layer=layer, draft_length=len(drafts))
             tree = chain_tree(root, drafts)
-            keep_prefix(cache, len(context) + committed_count(s, tree, verdict) - 1)
+            count = committed_count(s, tree, verdict)
+            keep_prefix(cache, len(context) + count - 1)
             q_at = dict(enumerate(q)) if q is not None else None
-            if not (fixed_layer or self.p["draft_length"]) and longest > 0:   # DEL chose; a draft was possible
-                yield from notice.update(layer == 0, step)
-            if (yield from round_events(s, tree, logits, verdict, step, stats, warp,
-                                        source=f"layer {layer}" if layer else "no draft (plain step)",
+            if guard:
+                cost = round_cost(costs, s.model, layer, len(drafts), len(context))
+                yield from guard.record(step, len(drafts), count, cost, costs.cost(1, len(context)))
+            if automatic and longest > 0 and not (forced or (guard and guard.fallen)):
+                yield from notice.update(layer == 0, step)             # DEL chose; a draft was possible
+            source = (f"layer {layer}" if layer else
+                      "plain step (drafts did not pay)" if forced else "no draft (plain step)")
+            if (yield from round_events(s, tree, logits, verdict, step, stats, warp, source=source,
                                         title="Early-exit draft chain", q=node_q(tree, q_at),
                                         extra=lambda i: {"exit layer": float(layer),
                                                          "draft length": float(len(drafts))})):
                 return
             root, step = s.output_ids[-1], step + 1
+
+    def falls_back(self) -> bool:
+        """Only where DEL chooses (l, d) itself: a fixed exit layer or draft length is the user's to keep."""
+        return not (self.p["exit_layer"] or self.p["draft_length"])
 
     def draft(self, s, views, layer: int, length: int, cache, root: int, warp, generator):
         """Up to `length` tokens from the first `layer` layers, on the target's own cache (see the

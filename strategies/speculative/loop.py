@@ -12,15 +12,17 @@ that last token is the first root, so even the first token comes from a verified
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
 
-from playground.events import Event
+from playground.events import Event, NoticeEvent
 
 from ..base import Strategy
+from .cost_model import cost_model_for
 from .drafters import DraftCache
+from .fallback import KEY, PlainFallback
 from .rounds import AcceptanceStats, committed_count, node_q, prefill_all_but_last, round_events
 from .tree import DraftTree, keep_path, verify_tree
 from .verify import Verdict, check_sampling, greedy_verdict, make_warp, recursive_rejection_verdict
@@ -66,6 +68,12 @@ class SpeculationLoop(Strategy):
         """Cache the prompt minus its last token; return that token, the first root."""
         return prefill_all_but_last(s, cache)
 
+    def falls_back(self) -> bool:
+        """Whether this run may fall back to plain steps when its drafts do not pay (fallback.py): methods
+        that size their drafts themselves and draft cheaply (no draft model) say yes; fixed sizes are
+        the user's choice and are kept."""
+        return False
+
     # --- the loop --------------------------------------------------------------------------------
     @property
     def draft_cache(self):
@@ -79,9 +87,16 @@ class SpeculationLoop(Strategy):
         root = self.prefill(s, cache)
         self.drafts = DraftCache(s, s.prompt_ids[:-1]) if self.needs_draft else None
         stats, step = AcceptanceStats(), 0
+        costs = cost_model_for(s.model)
+        # Only on costs frozen at warm-up: a decision from passes timed in this run would depend on the load.
+        guard = PlainFallback() if self.falls_back() and costs.frozen else None
         while True:
             room = s.max_new_tokens - len(s.output_ids) - 1
-            draft = self.grow(s, root, room, warp, draft_gen)
+            draft = self.grow(s, root, room, warp, draft_gen)   # grown even when not used: the method learns from it
+            forced = guard is not None and guard.plain(step) and len(draft.tree) > 1
+            if forced:
+                draft = replace(draft, tree=DraftTree.rooted(root), q_at=None, q=None, labels=None,
+                                source="plain step (drafts did not pay)")
             past_len = cache.get_seq_length()
             start = time.perf_counter()
             logits = verify_tree(s, draft.tree, cache)
@@ -94,7 +109,14 @@ class SpeculationLoop(Strategy):
             done = yield from round_events(s, draft.tree, logits, verdict, step, stats, warp, source=draft.source,
                                            title=self.tree_title, q=draft.q or node_q(draft.tree, draft.q_at),
                                            labels=draft.labels)
-            yield from self.after_round(s, draft, logits, verdict, seconds, step)
+            for event in self.after_round(s, draft, logits, verdict, seconds, step):
+                # While the fallback holds, its notice is the one that says why there are no drafts.
+                if not (guard and (forced or guard.fallen) and isinstance(event, NoticeEvent) and event.key == KEY):
+                    yield event
+            if guard:
+                context = past_len + 1
+                yield from guard.record(step, len(draft.tree) - 1, len(path), costs.cost(len(draft.tree), context),
+                                        costs.cost(1, context))
             if done:
                 return
             root, step = s.output_ids[-1], step + 1

@@ -156,6 +156,9 @@ class TokenRecycling(SpeculationLoop):
             refresh_rows(self.matrix, s.prompt_ids[:-1][-keep:], logits[0])
         return s.prompt_ids[-1]
 
+    def falls_back(self) -> bool:
+        return self.p["adaptive"] and self.p["max_nodes"] > 0
+
     def grow(self, s, root, room, warp, generator):
         limit = self.p["max_nodes"]
         positions, values = best_first_template(self.hits.rates(), limit)

@@ -1,0 +1,174 @@
+"""Never slower than plain steps: the shared fallback (strategies/speculative/fallback.py) on hand
+numbers, then end to end on tiny float64 llamas with PINNED pass costs (a frozen CostModel put in
+place of the warm-up's), so what is decided never depends on this machine's speed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import build_tiny_llama
+from playground.decoding import DecodeSession
+from playground.events import NoticeEvent, TokenEvent, VerifyEvent
+from strategies.speculative.cost_model import _COSTS, CostModel
+from strategies.speculative.early_exit import EarlyExit, head_in_layers, round_cost
+from strategies.speculative.fallback import KEY, PlainFallback, drafting_pays
+from strategies.speculative.loop import Draft, SpeculationLoop
+from strategies.speculative.tree import DraftTree
+from test_speculative_greedy import greedy
+
+SLOW_DRAFTS = {1: 1.0, 65: 65.0}      # a pass over n tokens costs n one-token passes: drafts never pay
+FREE_DRAFTS = {1: 1.0, 65: 1.0}       # every pass costs one step: any accepted draft pays
+
+
+def pin_costs(model, short: dict, long: dict | None = None) -> CostModel:
+    costs = CostModel()
+    costs.seconds, costs.long, costs.frozen = dict(short), dict(long or short), True
+    _COSTS.setdefault(model, {})[torch.get_num_threads()] = costs
+    return costs
+
+
+@pytest.fixture
+def unpin():
+    models = []
+    yield models.append
+    for model in models:
+        _COSTS.pop(model, None)
+
+
+def test_drafting_pays_compares_tokens_per_second():
+    assert drafting_pays(1.5, 1.4, 1.0)                      # 1.07 tokens per step's time
+    assert not drafting_pays(1.3, 1.4, 1.0)                  # 0.93: plain steps win
+    assert not drafting_pays(1.2, 3.0, 2.0)                  # 0.8: more tokens than a step, not enough
+    assert drafting_pays(1.2, 0.011, 0.010)                  # 1.09: only the ratio of the costs matters
+    assert not drafting_pays(1.0, 1.0, 1.0)                  # a tie is no gain: plain steps are simpler
+
+
+def feed(guard, rounds):
+    """rounds: (drafted, emitted, cost in steps) per round, from step 0; returns notices and plain steps."""
+    notices, plain = [], []
+    for step, (drafted, emitted, cost) in enumerate(rounds):
+        if guard.plain(step):
+            plain.append(step)
+            drafted, emitted, cost = 0, 1, 1.0
+        notices += [(step, n) for n in guard.record(step, drafted, emitted, cost, 1.0)]
+    return notices, plain
+
+
+def test_falls_back_after_four_poor_rounds_probes_with_growing_gaps_and_resumes():
+    poor, good = (4, 1, 1.3), (8, 6, 1.6)
+    guard = PlainFallback()
+    notices, plain = feed(guard, [poor] * 30 + [good] * 40)
+    # rounds 0-3 draft; falls back after round 3; probes at 12 (fails: next at 12 + 1 + 16 = 29), at 29
+    # (fails: next at 29 + 1 + 32 = 62), at 62 the text is copyable: resumes
+    assert plain == list(range(4, 12)) + list(range(13, 29)) + list(range(30, 62))
+    assert [(step, n.active) for step, n in notices] == [(3, True), (62, False)]
+    fell = notices[0][1].message
+    assert fell.startswith("fell back to plain steps") and "from round 5" in fell
+    assert "committed 1.00 tokens for the cost of 1.30 plain steps" in fell
+    assert notices[1][1].key == KEY and "drafting again from round 64" in notices[1][1].message
+
+
+def test_rounds_without_a_draft_neither_judge_nor_use_up_a_probe():
+    guard = PlainFallback()
+    notices, plain = feed(guard, [(4, 1, 1.3)] * 4 + [(0, 1, 1.0)] * 20 + [(4, 5, 1.3)])
+    assert plain == list(range(4, 12))                       # round 12 may probe; 12-23 proposed nothing
+    assert [(s, n.active) for s, n in notices] == [(3, True), (24, False)]
+
+
+def test_good_drafts_never_fall_back():
+    notices, plain = feed(PlainFallback(), [(4, 2, 1.3), (4, 1, 1.3)] * 20)   # 1.5 tokens for 1.3 steps
+    assert notices == [] and plain == []
+
+
+class OneRightThenWrong(SpeculationLoop):
+    """A method whose every draft is the greedy reference's next token and then three wrong ones: each
+    drafting round commits exactly two tokens (one accepted, one the target's own)."""
+
+    name = "one_right_then_wrong"
+    params = ()
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = reference
+
+    def falls_back(self):
+        return True
+
+    def grow(self, s, root, room, warp, generator):
+        at, tree = len(s.output_ids), DraftTree.rooted(root)
+        for i in range(min(4, room)):
+            right = self.reference[at + i] if at + i < len(self.reference) else 0
+            tree.add(len(tree) - 1, right if i == 0 else (right + 1) % 96)
+        return Draft(tree, source="test")
+
+
+def run(model, tokenizer, strategy, prompt, max_new):
+    session = DecodeSession(model, tokenizer, prompt, max_new, set(), 0)
+    events = list(strategy.decode(session))
+    return [e.token_id for e in events if isinstance(e, TokenEvent)], events
+
+
+@pytest.mark.parametrize("five_token_pass, falls_back", [(1.9, False), (2.1, True)])
+def test_the_loop_takes_plain_steps_only_when_drafts_cost_more_than_they_commit(
+        tiny_model, tiny_tokenizer, unpin, five_token_pass, falls_back):
+    """Two tokens a round: worth it while a 5-token pass costs under 2 steps, not at 2.1."""
+    unpin(tiny_model)
+    prompt = [5, 17, 33, 41, 8]
+    reference = greedy(tiny_model, tiny_tokenizer, prompt, max_new=40)
+    pin_costs(tiny_model, {1: 1.0, 5: five_token_pass, 65: 40.0})
+    ours, events = run(tiny_model, tiny_tokenizer, OneRightThenWrong(reference), prompt, 40)
+    assert ours == reference
+    verify = [e for e in events if isinstance(e, VerifyEvent)]
+    assert [(v.drafted, v.accepted) for v in verify[:4]] == [(4, 1)] * 4
+    notices = [e for e in events if isinstance(e, NoticeEvent)]
+    if not falls_back:
+        assert all(v.drafted > 0 for v in verify) and notices == []
+        return
+    assert [v.drafted for v in verify[4:13]] == [0] * 8 + [4]          # 8 plain steps, then one probe
+    assert len(notices) == 1 and notices[0].active and "fell back to plain steps" in notices[0].message
+    assert "committed 2.00 tokens for the cost of 2.10 plain steps" in notices[0].message
+
+
+@pytest.fixture(scope="module")
+def agreeing_target():
+    """Four layers of which the last three add nothing to the residual stream: every early exit predicts
+    what the full model does, so DEL drafts from layer 1 and every draft is accepted."""
+    model = build_tiny_llama(seed=0, layers=4)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return model
+
+
+def test_del_round_cost_counts_the_verification_and_each_draft_pass(agreeing_target):
+    costs = CostModel()
+    costs.seconds, costs.frozen = {1: 1.0, 9: 2.0}, True
+    h = head_in_layers(agreeing_target)
+    assert round_cost(costs, agreeing_target, 0, 0, 10) == 1.0
+    # 3 drafts from layer 1: a 4-token pass (1.375) and 3 passes of (1 + h) / (4 + h) of a step
+    assert round_cost(costs, agreeing_target, 1, 3, 10) == pytest.approx(1.375 + 3 * (1 + h) / (4 + h))
+
+
+def test_del_falls_back_when_even_accepted_drafts_do_not_pay(agreeing_target, tiny_tokenizer, unpin):
+    unpin(agreeing_target)
+    prompt = [5, 17, 33, 41, 8]
+    reference = greedy(agreeing_target, tiny_tokenizer, prompt, max_new=60)
+
+    pin_costs(agreeing_target, FREE_DRAFTS)
+    ours, events = run(agreeing_target, tiny_tokenizer, EarlyExit(), prompt, 60)
+    assert ours == reference
+    verify = [e for e in events if isinstance(e, VerifyEvent)]
+    assert sum(v.drafted for v in verify) >= 30 and all(v.accepted == v.drafted for v in verify)
+    assert not any("fell back" in e.message for e in events if isinstance(e, NoticeEvent))
+
+    pin_costs(agreeing_target, SLOW_DRAFTS)                  # every draft right, yet a k-token pass costs k steps
+    ours, events = run(agreeing_target, tiny_tokenizer, EarlyExit(), prompt, 60)
+    assert ours == reference
+    verify = [e for e in events if isinstance(e, VerifyEvent)]
+    drafting = [v.step for v in verify if v.drafted]
+    assert drafting == [1, 2, 3, 4, 13, 30]                  # (round 0 knows no layer yet) four, then probes
+    assert all(v.accepted == v.drafted for v in verify)      # after 8 and 16 plain steps
+    fell = [e for e in events if isinstance(e, NoticeEvent) and e.key == KEY]
+    assert len(fell) == 1 and fell[0].active and "fell back to plain steps" in fell[0].message
