@@ -40,7 +40,7 @@ class Settings:
     max_new_tokens_cap: int  # server-side clamp: API callers bypass slider bounds
     threads: int
     forward: str             # "lean" (playground/lean_forward.py where the model allows) or "transformers"
-    row_split: bool          # the lean forward's few-row products split over every core (playground/row_split.py)
+    cpu_linear: bool         # the lean forward's products through the kernel that suits the row count (playground/cpu_linear.py)
     host: str
     port: int
     public_url: str          # base of share links (set it to the Space's URL when deployed)
@@ -74,7 +74,7 @@ class Settings:
             max_new_tokens_cap=int(_env("PLAYGROUND_MAX_NEW_TOKENS_CAP", "512")),
             threads=int(_env("PLAYGROUND_THREADS", str(os.cpu_count() or 1))),
             forward=_choice("PLAYGROUND_FORWARD", "lean", ("lean", "transformers")),
-            row_split=_flag("PLAYGROUND_ROW_SPLIT", True),
+            cpu_linear=_flag("PLAYGROUND_CPU_LINEAR", True),
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),

@@ -15,13 +15,13 @@ transformers path.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from . import row_split
+from . import cpu_linear
 from .config import settings
 
 
@@ -56,19 +56,59 @@ def project(linear, module: torch.nn.Linear, x):
     return linear(x, module.weight, module.bias)
 
 
+# Layers fed the same input (q | k | v, gate | up) multiply one stacked weight: one product, one
+# thread fork, instead of three or two. Stacked once per layer; the layers' own weights then become
+# views into the stack, so memory does not grow and transformers' path reads the same numbers.
+_STACKED: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[torch.Tensor, torch.Tensor | None]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def stacked(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight (sum of outs, in), bias or None) of Linear layers fed the same input."""
+    known = _STACKED.get(linears[0])
+    if known is not None and known[0].data_ptr() == linears[0].weight.data_ptr():
+        return known                                   # still the views made below (not moved or reloaded)
+    with torch.inference_mode(False), torch.no_grad():   # plain tensors: the model stays usable outside inference
+        weight = torch.cat([layer.weight for layer in linears])
+        bias = None if all(layer.bias is None for layer in linears) else torch.cat(
+            [layer.bias if layer.bias is not None else weight.new_zeros(layer.out_features) for layer in linears])
+        start = 0
+        for layer in linears:
+            layer.weight.data = weight[start:start + layer.out_features]
+            start += layer.out_features
+    _STACKED[linears[0]] = (weight, bias)
+    return weight, bias
+
+
+def rms_norm(norm, x):
+    """LlamaRMSNorm as one call for float32 (the module computes in float32, so for other dtypes it
+    rounds differently: those go through the module)."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+    return norm(x)
+
+
 def mlp(linear, module, x):
-    """LlamaMLP: down(act(gate(x)) * up(x))."""
-    return project(linear, module.down_proj, module.act_fn(project(linear, module.gate_proj, x))
-                   * project(linear, module.up_proj, x))
+    """LlamaMLP: down(silu(gate(x)) * up(x)), gate and up as one product."""
+    gate, up = linear(x, *stacked(module.gate_proj, module.up_proj)).split(module.gate_proj.out_features, -1)
+    return project(linear, module.down_proj, F.silu(gate) * up)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def attention(linear, layer_index: int, attn, x, cos, sin, cache, mask):
     batch, n, _ = x.shape
     head_dim = attn.head_dim
-    q = project(linear, attn.q_proj, x).view(batch, n, -1, head_dim).transpose(1, 2)
-    k = project(linear, attn.k_proj, x).view(batch, n, -1, head_dim).transpose(1, 2)
-    v = project(linear, attn.v_proj, x).view(batch, n, -1, head_dim).transpose(1, 2)
-    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    q_heads, kv_heads = attn.q_proj.out_features // head_dim, attn.k_proj.out_features // head_dim
+    qkv = linear(x, *stacked(attn.q_proj, attn.k_proj, attn.v_proj))
+    qkv = qkv.view(batch, n, -1, head_dim).transpose(1, 2)               # (batch, q + 2 kv heads, n, head_dim)
+    # rotary position embedding (transformers' apply_rotary_pos_emb) on the q and k heads at once
+    qk = qkv[:, :q_heads + kv_heads]
+    qk = qk * cos.unsqueeze(1) + rotate_half(qk) * sin.unsqueeze(1)
+    q, k, v = qk[:, :q_heads], qk[:, q_heads:], qkv[:, q_heads + kv_heads:]
     if cache is not None:
         k, v = cache.update(k, v, layer_index)
     # One query row needs no mask; a prompt on an empty cache is plainly causal; anything else
@@ -90,7 +130,7 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     convention: embeddings, each layer's un-normalised output, and the last one normalised.
     `inputs_embeds` (batch, n, hidden), with input_ids None, replaces the embedding look-up."""
     inner = model.model
-    linear = row_split.linear if settings().row_split else F.linear
+    linear = cpu_linear.linear if settings().cpu_linear else F.linear
     if inputs_embeds is not None:
         batch, n = inputs_embeds.shape[:2]
     else:
@@ -105,11 +145,12 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
                                                                                       torch.finfo(x.dtype).min)
     hidden = [x] if output_hidden_states else None
     for i, layer in enumerate(inner.layers):
-        x = x + attention(linear, i, layer.self_attn, layer.input_layernorm(x), cos, sin, cache, attention_mask)
-        x = x + mlp(linear, layer.mlp, layer.post_attention_layernorm(x))
+        x = x + attention(linear, i, layer.self_attn, rms_norm(layer.input_layernorm, x), cos, sin, cache,
+                          attention_mask)
+        x = x + mlp(linear, layer.mlp, rms_norm(layer.post_attention_layernorm, x))
         if hidden is not None:
             hidden.append(x)
-    x = inner.norm(x)
+    x = rms_norm(inner.norm, x)
     if hidden is not None:
         hidden[-1] = x
     logits = project(linear, model.lm_head, x[:, -logits_to_keep:] if logits_to_keep else x)
