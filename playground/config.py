@@ -61,6 +61,7 @@ class Settings:
     auth: str                # "user:password" puts a login in front of the app; empty: open
     trust_proxy: bool        # a proxy in front sets X-Forwarded-For (Spaces): use it to tell visitors apart
     warm_up: bool            # time the model's passes and greedy rate at start-up (off: a faster start, for tests)
+    model_thread: bool       # the server runs every model step on the thread that loaded the model (model_thread.py)
 
     @staticmethod
     def from_env() -> "Settings":
@@ -93,6 +94,7 @@ class Settings:
             concurrency=max(1, int(_env("PLAYGROUND_CONCURRENCY", "1"))),
             auth=_env("PLAYGROUND_AUTH", ""),
             warm_up=_flag("PLAYGROUND_WARM_UP", True),
+            model_thread=_flag("PLAYGROUND_MODEL_THREAD", True),
             trust_proxy=_flag("PLAYGROUND_TRUST_PROXY", bool(os.environ.get("SPACE_ID"))),
         )
 

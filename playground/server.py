@@ -179,4 +179,19 @@ def launch(demo: gr.Blocks | None = None, host: str | None = None, port: int | N
                 footer_links=["api", "gradio"], auth=auth(), max_file_size=1, app_kwargs=app_kwargs(),
                 # gradio 6.31's start-up probe (one HEAD on / with a 3 s timeout, then it raises) killed a
                 # server whose first page render was slow on a busy 2-core machine; /healthz says when we are up
-                _frontend=False)
+                _frontend=False, prevent_thread_lock=settings().model_thread)
+    if settings().model_thread:
+        serve_model_thread(demo)
+
+
+def serve_model_thread(demo: gr.Blocks) -> None:
+    """Instead of gradio's idle wait, this thread (the one that loaded and warmed the model) runs every
+    step of every run until the server stops (model_thread.py says why); Ctrl+C closes the server."""
+    from .model_thread import MODEL_THREAD
+
+    try:
+        MODEL_THREAD.serve(running=lambda: demo.is_running)
+    except KeyboardInterrupt:
+        print("Keyboard interruption in main thread... closing server.")
+    finally:
+        demo.close()

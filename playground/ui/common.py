@@ -19,6 +19,7 @@ from visualizers import PANELS, render
 from ..baseline import References, remember
 from ..config import settings
 from ..events import Event, MetricsEvent, NoticeEvent, RunStarted, TokenEvent
+from ..model_thread import MODEL_THREAD
 from ..runner import PreparedRun, execute
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def stream(prepared: PreparedRun, stop: threading.Event, references: References 
     method little, then (all events, saved run id, this user's greedy references updated by the run).
     `references` is this browser session's own (a gr.State), never another visitor's. The run's row
     is written when it starts, so a server killed mid-run leaves it marked "interrupted"."""
-    run = execute(prepared, stop, references=references)
+    run = MODEL_THREAD.steps(execute(prepared, stop, references=references))   # the server's model thread
     events: list[Event] = []
     saved = False
     last_draw, draw_cost = 0.0, 0.0

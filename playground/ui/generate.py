@@ -15,6 +15,7 @@ from visualizers import PANELS
 from ..config import settings
 from ..gpu import on_gpu
 from ..limits import GENERATION, ClientLimits, admit_request
+from ..model_thread import MODEL_THREAD
 from ..models import EMBEDDED, EMBEDDED_NAME, available_models
 from ..prompts import PROMPT_SETS
 from ..runner import GenerationRequest, InvalidRequest, PreparedRun, prepare
@@ -132,7 +133,8 @@ def build_generate_tab(greedy_references: gr.State, browser_key: gr.BrowserState
     def run(request: gr.Request, references, key, *inputs):
         # gradio injects `request` by position, so the inputs arrive as one flat tuple
         try:
-            prepared = prepare(request_from_inputs(param_keys, inputs))
+            # on the model thread: loading a model there keeps torch's thread team one (model_thread.py)
+            prepared = MODEL_THREAD.call(lambda: prepare(request_from_inputs(param_keys, inputs)))
         except InvalidRequest as exc:
             yield cleared_outputs(str(exc))  # the toast must not sit over the previous run's output
             raise gr.Error(str(exc), print_exception=False)
