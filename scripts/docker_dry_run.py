@@ -338,9 +338,12 @@ def serve_and_check(state: dict) -> dict:
             rc = "timed out"
         checks[f"HEALTHCHECK exits 0 (got {rc})"] = rc == 0
         owners = {p: os.stat(p).st_uid for p in state["folders"] if os.path.exists(p)}
-        checks["files the server wrote are the user's"] = all(
-            os.stat(f).st_uid == state["uid"] for p in state["folders"] if os.path.isdir(p)
-            for f in Path(p).rglob("*") if f.is_file() and f.stat().st_mtime >= started)
+        home = Path(env["HOME"])
+        written = sorted({f for f in home.rglob("*") if f.is_file() and f.stat().st_mtime >= started})
+        checks["files the server wrote are the user's"] = all(f.stat().st_uid == state["uid"] for f in written)
+        # what a start costs on disk: a build-time step (a converted model) redone here would show up
+        checks["written under HOME while starting"] = [str(f.relative_to(home)) for f in written
+                                                       if f.suffix != ".pyc"][:20]
         checks["folder owners"] = owners
         checks["still running"] = process.poll() is None
         log.flush()
