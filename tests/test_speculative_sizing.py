@@ -123,3 +123,32 @@ def test_token_recycling_warms_from_the_latest_prompt_rows(tiny_model, tiny_toke
         assert strategy.matrix[token].tolist() == sequential_logits(tiny_model, prompt[:i + 1]).topk(3).indices.tolist()
     ours = run(tiny_model, tiny_tokenizer, "token_recycling", prompt, max_new=12)[0]
     assert ours == greedy(tiny_model, tiny_tokenizer, prompt, max_new=12)
+
+
+def test_warm_up_keeps_each_sizes_fastest_pass_over_interleaved_sweeps(tiny_model, tiny_tokenizer, monkeypatch):
+    """A busy spell of eight passes during the warm-up (each 50x slower) must not reach the frozen costs:
+    each sweep times every size once, so the spell spoils at most two of a size's three passes, and the
+    fastest is kept. (Timed size by size with medians, the spell spoiled two sizes outright; interleaved
+    with medians, the two sizes it hit twice.)"""
+    from strategies.speculative import cost_model
+    from strategies.speculative.cost_model import _COSTS, warm_up
+
+    clock, calls = [0.0], [0]
+    session = DecodeSession(tiny_model, tiny_tokenizer, [], 1, set(), 0)
+    real_forward = session.forward
+
+    def forward(ids, cache, **kwargs):                    # a pass over n tokens "takes" 1 + 0.1 n seconds
+        calls[0] += 1
+        clock[0] += (1.0 + 0.1 * len(ids)) * (50.0 if 9 <= calls[0] <= 16 else 1.0)
+        return real_forward(ids, cache, **kwargs)
+
+    session.forward = forward
+    monkeypatch.setattr(cost_model.time, "perf_counter", lambda: clock[0])
+    _COSTS.pop(tiny_model, None)
+    try:
+        sizes = (1, 2, 3, 5, 9, 13)
+        costs = warm_up(session, sizes=sizes, repeats=3)
+        expected = {n: pytest.approx(1.0 + 0.1 * n) for n in sizes}
+        assert costs.frozen and costs.seconds == expected and costs.long == expected
+    finally:
+        _COSTS.pop(tiny_model, None)

@@ -6,7 +6,7 @@ about 1.1x a 1-token one and an 11-token pass about 2x (MKL switches kernels at 
 the curve differs on every machine, so it is measured, per model and thread count, and shared
 by every run in the process.
 
-Measured ONCE, at warm-up, as the median of several passes of each size, at a short and at a long
+Measured ONCE, at warm-up, as the fastest of several sweeps over the sizes, at a short and at a long
 context, and then frozen: sizes that followed every pass timed in the process stuck wherever a
 busy moment left them (the same prompt took 78, 33 and 85 target passes in three runs with the
 same output). Only a process that never warmed up (tests, a library user) learns the curve from
@@ -128,23 +128,27 @@ WARM_UP_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 17, 25, 33, 49, 65)   # ever
 
 def warm_up(session, sizes=WARM_UP_SIZES, repeats: int = 3) -> CostModel:
     """Time each pass size `repeats` times after a short and after a long context and keep the
-    medians, then freeze the model (see the module notes). A first, untimed pass of each size pays
-    for first-call kernel setup (each new shape's first matmul is slow). About 100 passes: a few
-    seconds at start-up, before any visitor."""
+    fastest, then freeze the model (see the module notes). A first, untimed sweep pays for first-call
+    kernel setup (each new shape's first matmul is slow). About 130 passes: a few seconds at start-up.
+
+    Each repeat is a sweep over all sizes, and each size keeps its FASTEST pass: load only ever adds
+    time, and a busy spell of a few seconds then spoils one sweep, not every repeat of the sizes it
+    fell on. (Timed size by size with medians, a warm-up under load 13 froze a one-token pass at 3.5 s,
+    55x its real cost, and passes of 9 to 65 tokens at 4.3 one-token passes where they cost 1-3.)"""
     from .tree import keep_prefix
 
     costs = cost_model_for(session.model)
     for prefix, table in ((SHORT_CONTEXT, costs.seconds), (LONG_CONTEXT, costs.long)):
         cache = session.new_cache()
         session.forward([1 + i % 90 for i in range(prefix)], cache)
-        for n in sizes:
-            times = []
-            for attempt in range(repeats + 1):
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for attempt in range(repeats + 1):
+            for n in sizes:
                 start = time.perf_counter()
                 session.forward(list(range(2, n + 2)), cache, last_only=False)
                 if attempt:
-                    times.append(time.perf_counter() - start)
+                    times[n].append(time.perf_counter() - start)
                 keep_prefix(cache, prefix)
-            table[n] = sorted(times)[len(times) // 2]
+        table.update({n: min(times[n]) for n in sizes})
     costs.frozen = True
     return costs
