@@ -1,10 +1,10 @@
 """What a verification pass costs on this machine, measured: the denominator of every
 "how big a draft" decision (Token Recycling's tree size, prompt lookup's draft length).
 
-A pass over n tokens is not n times a one-token pass: on a 2-core CPU a 3-token pass costs
-about 1.1x a 1-token one and an 11-token pass about 2x (MKL switches kernels at 4 rows), and
-the curve differs on every machine, so it is measured, per model and thread count, and shared
-by every run in the process.
+A pass over n tokens is not n times a one-token pass, and the curve differs on every machine and
+kernel (playground/cpu_linear.py picks the product kernel by row count: on our 2-core CPU the
+products of a 2-row pass cost ~1.2x one row, 4 rows ~2x, 8-11 rows ~3x), so it is measured, per
+model and thread count, and shared by every run in the process.
 
 Measured ONCE, at warm-up, as the fastest of several sweeps over the sizes, at a short and at a long
 context, and then frozen: sizes that followed every pass timed in the process stuck wherever a
