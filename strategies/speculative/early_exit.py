@@ -47,16 +47,16 @@ from .verify import chain_tree, check_sampling, make_warp, probabilities, sampli
 
 # --- per-layer agreement ("shadow tokens") ---------------------------------------------------
 
-def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], positions: int) -> torch.Tensor:
-    """(L, positions) argmax of every layer's early exit at the first `positions` rows.
-    hidden_states[m] for m < L is un-normalised (apply the final norm); [L] is already normed."""
-    layers = len(hidden_states) - 1
+def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], final_tokens: torch.Tensor) -> torch.Tensor:
+    """(L, positions) argmax of every layer's early exit at the first `positions` rows (positions =
+    len(final_tokens)). hidden_states[m] for m < L is un-normalised (apply the final norm); the last
+    layer's row is the verification pass's own argmax, `final_tokens`: it is not multiplied again."""
+    positions, layers = len(final_tokens), len(hidden_states) - 1
     early = torch.stack([h[0, :positions] for h in hidden_states[1:layers]])         # (L-1, n, H)
     head = model.lm_head            # through the forward's own product kernels (MKL's took 16 ms a read here)
     with torch.inference_mode():
         early_tokens = cpu_linear.linear(model.model.norm(early), head.weight, head.bias).argmax(-1)
-        final_tokens = cpu_linear.linear(hidden_states[layers][0, :positions], head.weight, head.bias).argmax(-1)
-    return torch.cat([early_tokens, final_tokens[None]]).cpu()     # compared with tokens picked on the CPU
+    return torch.cat([early_tokens.cpu(), final_tokens.cpu()[None]])   # compared with tokens picked on the CPU
 
 
 class LayerAgreement:
@@ -204,7 +204,7 @@ class EarlyExit(Strategy):
         root = prefill_all_but_last(s, cache)
         stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         lens = LensSchedule(self.p["lens_every"])
-        automatic = not (fixed_layer or self.p["draft_length"])
+        automatic = self.falls_back()          # DEL chooses (l, d) itself
         costs = cost_model_for(s.model)
         guard = PlainFallback() if self.falls_back() and costs.frozen else None    # fallback.py
         while True:
@@ -278,7 +278,7 @@ class EarlyExit(Strategy):
         valid = accepted + 1
         target = logits[:valid].argmax(-1)
         if read_lens:
-            agreement.observe(lens_tokens(model, out.hidden_states, valid) == target)
+            agreement.observe(lens_tokens(model, out.hidden_states, target) == target)
         elif greedy and layer and drafts:
             # A greedy draft token IS the drafting layer's shadow token: learn from it for free.
             seen = min(valid, len(drafts))
