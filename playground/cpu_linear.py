@@ -42,7 +42,9 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, parts: int) -> torch.Ten
     blocks = weight.view(parts, weight.shape[0] // parts, weight.shape[1])      # (parts, out/parts, in)
     columns = x.reshape(rows, x.shape[-1]).t().expand(parts, -1, -1)           # (parts, in, rows)
     out = torch.bmm(blocks, columns)                                            # (parts, out/parts, rows)
-    return out.permute(2, 0, 1).reshape(*x.shape[:-1], weight.shape[0])        # (..., out)
+    # Row-major again: left column-major, a later product's input (the MLP's down projection after
+    # silu(gate) * up) reached bmm transposed and took 16 ms instead of 3 for a 2-row pass.
+    return out.permute(2, 0, 1).reshape(*x.shape[:-1], weight.shape[0]).contiguous()   # (..., out)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
