@@ -28,7 +28,7 @@ class CostModel:
     STALE = 50        # passes after which a size's timing is re-checked (it may have been taken under load)
 
     def __init__(self):
-        self.frozen = False                           # measured at warm-up: runs no longer change it
+        self.frozen = False                           # measured at warm-up: runs no longer change it (below)
         self.long: dict[int, float] = {}              # the same sizes timed after LONG_CONTEXT tokens
         self.seconds: dict[int, float] = {}          # the median of the recent passes of each size
         self.recent: dict[int, list[float]] = {}
@@ -47,6 +47,16 @@ class CostModel:
         self.passes += 1
         self.last[n_tokens] = self.passes
 
+    @property
+    def frozen(self) -> bool:
+        """Measured at warm-up: runs no longer change the curves, which are then read, and remembered."""
+        return self._is_frozen
+
+    @frozen.setter
+    def frozen(self, value: bool) -> None:
+        self._is_frozen = value
+        self._frozen: dict[int, tuple[float, float | None]] = {}   # n -> both curves, while frozen
+
     def untried(self, sizes) -> list[int]:
         return [n for n in sizes if n not in self.tried and n not in self.seconds]
 
@@ -58,11 +68,20 @@ class CostModel:
     def cost(self, n_tokens: int, context: int = 0) -> float:
         """Seconds for a pass of n_tokens after `context` cached tokens: between the short-context and
         the long-context curve, linear in the context (attention grows with it), where both were timed."""
-        short = curve_cost(self.seconds, n_tokens)
-        if not self.long or context <= SHORT_CONTEXT:
+        short, long = self._curves(n_tokens)
+        if long is None or context <= SHORT_CONTEXT:
             return short
         weight = (context - SHORT_CONTEXT) / (LONG_CONTEXT - SHORT_CONTEXT)     # > 1: extrapolated
-        return max(short, short + weight * (curve_cost(self.long, n_tokens) - short))
+        return max(short, short + weight * (long - short))
+
+    def _curves(self, n_tokens: int) -> tuple[float, float | None]:
+        """Both curves at n_tokens; once frozen, remembered (a method asks for a dozen sizes every round)."""
+        if self.frozen and n_tokens in self._frozen:
+            return self._frozen[n_tokens]
+        both = curve_cost(self.seconds, n_tokens), curve_cost(self.long, n_tokens) if self.long else None
+        if self.frozen:
+            self._frozen[n_tokens] = both
+        return both
 
 
 SHORT_CONTEXT, LONG_CONTEXT = 32, 640      # the warm-up's two contexts (summaries and RAG prompts: 600-700)

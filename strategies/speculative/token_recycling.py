@@ -24,7 +24,7 @@ from playground.events import StatsEvent
 from ..base import Param
 from .cost_model import CostModel, best_size, cost_model_for
 from .loop import Draft, SpeculationLoop
-from .rounds import PlainStepNotice
+from .rounds import PlainStepNotice, prefill_with_root
 from .tree import DraftTree
 
 BUDGETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round (0: a plain greedy step)
@@ -68,18 +68,23 @@ class RankHits:
 
 def best_first_template(rates: list[float], max_nodes: int) -> tuple[list[tuple[int, int]], list[float]]:
     """Template positions (parent index, rank) in best-first order of estimated acceptance
-    (product of rank rates along the path), and each one's estimate. Any prefix is a tree."""
-    heap = [(-rates[r], 0, r, 1) for r in range(len(rates))]
-    heapq.heapify(heap)
+    (product of rank rates along the path), and each one's estimate. Any prefix is a tree.
+
+    Lazily: a node's children are tried from its best rank down, so a popped node adds at most two
+    candidates (its best child and its next sibling), never all k children (this runs every round).
+    The order is the full frontier's: an unpushed sibling never beats the one before it."""
+    order = sorted(range(len(rates)), key=lambda r: -rates[r])       # ranks, best first (ties: lower rank)
+    heap = [(-rates[order[0]], 0, order[0], 1, 0, -1.0)]            # (-value, parent, rank, depth, i in order, parent's -value)
     positions, values = [], []
     while heap and len(positions) < max_nodes:
-        neg_value, parent, rank, depth = heapq.heappop(heap)
+        neg_value, parent, rank, depth, i, parent_neg = heapq.heappop(heap)
         positions.append((parent, rank))
         values.append(-neg_value)
         me = len(positions)                                  # its node index (0 is the root)
+        if i + 1 < len(order):
+            heapq.heappush(heap, (parent_neg * rates[order[i + 1]], parent, order[i + 1], depth, i + 1, parent_neg))
         if depth < MAX_DEPTH:
-            for r, rate in enumerate(rates):
-                heapq.heappush(heap, (neg_value * rate, me, r, depth + 1))
+            heapq.heappush(heap, (neg_value * rates[order[0]], me, order[0], depth + 1, 0, neg_value))
     return positions, values
 
 
@@ -139,8 +144,8 @@ class TokenRecycling(SpeculationLoop):
                    "per model, kept hot across runs as in the paper (later runs draft from earlier ones)."),
     )
 
-    def prefill(self, s, cache) -> int:
-        """Cache the prompt minus its last token and warm M from it: what the model predicted after each."""
+    def prefill(self, s, cache):
+        """Cache the whole prompt and warm M from it: what the model predicted after each prompt token."""
         k = self.p["top_k"]
         shared = self.p["matrix"] == "shared"
         vocab = s.model.get_output_embeddings().weight.shape[0]
@@ -148,13 +153,14 @@ class TokenRecycling(SpeculationLoop):
         self.matrix = shared_matrix(s.model, vocab, k) if shared else torch.zeros(vocab, k, dtype=torch.long)
         self.hits = shared_rank_hits(s.model, k) if shared else RankHits(k)
         self.costs, self.notice = cost_model_for(s.model), PlainStepNotice()
-        if len(s.prompt_ids) > 1:
-            # Only the last WARM_ROWS prompt positions go through the LM head: on a 700-token prompt all
-            # of them cost ~0.5 s on a CPU, more than the drafts ever saved.
-            keep = min(WARM_ROWS, len(s.prompt_ids) - 1)
-            logits, _ = s.forward(s.prompt_ids[:-1], cache, last_only=False, logits_to_keep=keep)
-            refresh_rows(self.matrix, s.prompt_ids[:-1][-keep:], logits[0])
-        return s.prompt_ids[-1]
+        # Only the last WARM_ROWS positions before the root go through the LM head: on a 700-token prompt all
+        # of them cost ~0.5 s on a CPU, more than the drafts ever saved. The root's own row is the first
+        # round's to write (after_round), as every later root's is.
+        keep = min(WARM_ROWS, len(s.prompt_ids) - 1)
+        root, logits = prefill_with_root(s, cache, rows=keep + 1)
+        if keep:
+            refresh_rows(self.matrix, s.prompt_ids[:-1][-keep:], logits[:-1])
+        return root, logits[-1]
 
     def falls_back(self) -> bool:
         return self.p["adaptive"] and self.p["max_nodes"] > 0
@@ -170,7 +176,8 @@ class TokenRecycling(SpeculationLoop):
 
     def after_round(self, s, draft, logits, verdict, seconds, step):
         tree, (budget, values) = draft.tree, draft.context
-        self.costs.record(len(tree), seconds)
+        if seconds is not None:
+            self.costs.record(len(tree), seconds)
         path = verdict.path
         self.hits.record(self.matrix[torch.tensor(tree.tokens)[path]], logits[path].argmax(-1))
         # The accepted path is the real context: its rows are written last, so they win over a
