@@ -165,7 +165,7 @@ def test_sampling_with_the_target_as_draft_accepts_every_round(target, tiny_toke
                                 temperature=1.0, **TREE)
     assert len(ours) == 24
     assert all(v.accepted >= 1 for v in rounds(events)[:-1])
-    assert session.forward_passes == len(rounds(events)) + 1      # prompt minus its last token, ONE pass per round
+    assert session.forward_passes == len(rounds(events)) + 1      # the prompt pass, then ONE per round (each drafts)
 
 
 def test_temperature_between_greedy_and_sampling_is_refused():

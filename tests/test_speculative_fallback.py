@@ -168,7 +168,9 @@ def test_del_falls_back_when_even_accepted_drafts_do_not_pay(agreeing_target, ti
     assert ours == reference
     verify = [e for e in events if isinstance(e, VerifyEvent)]
     drafting = [v.step for v in verify if v.drafted]
-    assert drafting == [1, 2, 3, 4, 13, 30]                  # (round 0 knows no layer yet) four, then probes
+    # rounds 0 and 1 know no layer yet (round 0's pass was the prompt pass, which keeps no hidden states;
+    # round 1 reads the first shadow tokens): then four drafting rounds, and probes after 8 and 16
+    assert drafting == [2, 3, 4, 5, 14, 31]
     assert all(v.accepted == v.drafted for v in verify)      # after 8 and 16 plain steps
     fell = [e for e in events if isinstance(e, NoticeEvent) and e.key == KEY]
     assert len(fell) == 1 and fell[0].active and "fell back to plain steps" in fell[0].message

@@ -39,8 +39,7 @@ from ..base import Param, Strategy
 from . import acceptance
 from .cost_model import cost_model_for
 from .fallback import PlainFallback
-from .rounds import (AcceptanceStats, PlainStepNotice, committed_count, node_q, prefill_all_but_last,
-                     round_events)
+from .rounds import AcceptanceStats, PlainStepNotice, committed_count, node_q, prefill_with_root, round_events
 from .tree import keep_prefix
 from .verify import chain_tree, check_sampling, make_warp, probabilities, sampling_params, verify_chain
 
@@ -66,9 +65,11 @@ class LayerAgreement:
         self.decay = decay
         self.hits = torch.zeros(layers, dtype=torch.float64)
         self.seen = torch.zeros(layers, dtype=torch.float64)
+        self.version = 0               # observations so far: a plan made from alpha holds until it changes
 
     def observe(self, matches: torch.Tensor, layers: slice = slice(None)) -> None:
         """matches (layers, positions) bool, one column per verified position, oldest first."""
+        self.version += 1
         for column in matches.T.double():
             self.hits[layers] = self.decay * self.hits[layers] + column
             self.seen[layers] = self.decay * self.seen[layers] + 1
@@ -201,7 +202,8 @@ class EarlyExit(Strategy):
         agreement = LayerAgreement(layers, self.p["decay"])
         views: dict[int, torch.nn.Module] = {}
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
-        root = prefill_all_but_last(s, cache)
+        root, first = prefill_with_root(s, cache)       # the root ran in the prompt pass: first[-1] the target after it
+        root_logits, planned, key, listed = first[-1], None, None, (None,)
         stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         lens = LensSchedule(self.p["lens_every"])
         automatic = self.falls_back()          # DEL chooses (l, d) itself
@@ -211,22 +213,34 @@ class EarlyExit(Strategy):
             context = s.prompt_ids + s.output_ids
             room = s.max_new_tokens - len(s.output_ids) - 1
             longest = min(self.p["draft_length"] or self.p["max_draft"], room)
-            layer, length, table = plan(agreement.alpha, head, longest, fixed_layer,
-                                        min(self.p["draft_length"], room) if longest else 0)
+            fixed_length = min(self.p["draft_length"], room) if longest else 0
+            if key != (agreement.version, longest, fixed_length):      # alpha has not changed: nor has the plan
+                key = (agreement.version, longest, fixed_length)
+                planned = plan(agreement.alpha, head, longest, fixed_layer, fixed_length)
+                tpl = planned[2].max(-1).values.tolist()
+            layer, length, table = planned
             forced = guard is not None and guard.plain(step) and layer > 0
             if forced:
                 layer, length = 0, 0
+            if root_logits is not None and layer:       # a first round that drafts: the draft starts at the root
+                keep_prefix(cache, len(context) - 1)
+                root_logits = None
             drafts, q = self.draft(s, views, layer, length, cache, root, warp, draft_gen)
 
             drafting = layer > 0 or not automatic
-            read_lens = lens.due(step, drafting)
-            logits, out = s.forward([root] + drafts, cache, last_only=False, output_hidden_states=read_lens)
-            logits = logits[0]
+            read_lens = root_logits is None and lens.due(step, drafting)   # the prompt pass kept no hidden states
+            if root_logits is None:
+                logits, out = s.forward([root] + drafts, cache, last_only=False, output_hidden_states=read_lens)
+                logits = logits[0]
+            else:                                       # a plain first round: its pass was the prompt pass
+                logits, out, root_logits = root_logits[None], None, None
             verdict = verify_chain(logits, drafts, q, warp, s.generator)
             self.learn(agreement, s.model, out, logits, drafts, verdict.accepted, layer, read_lens, warp is None)
             lens.after(step, read_lens, drafting)
-            yield LayerAcceptanceEvent(step=step, alpha=agreement.alpha.tolist(), samples=agreement.seen.tolist(),
-                                       tpl=table.max(-1).values.tolist(), baseline_tpl=1.0 / (layers + head),
+            if listed[0] != agreement.version:         # after this round's learning, as lists once per change
+                listed = agreement.version, agreement.alpha.tolist(), agreement.seen.tolist()
+            yield LayerAcceptanceEvent(step=step, alpha=listed[1], samples=listed[2], tpl=tpl,
+                                       baseline_tpl=1.0 / (layers + head),
                                        exit_layer=layer, draft_length=len(drafts))
             tree = chain_tree(root, drafts)
             count = committed_count(s, tree, verdict)

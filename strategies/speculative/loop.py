@@ -5,8 +5,9 @@ Every round: draft (`grow`), score the whole draft in ONE target pass (tree atte
 draft's caches, and emit the round's events. A method says only how it drafts, how it judges, and
 what it learns after a round (`after_round`); nothing else differs between methods.
 
-The first round speculates straight from the prompt: the prompt minus its last token is cached, and
-that last token is the first root, so even the first token comes from a verified round.
+The first round speculates straight from the prompt: the prompt pass caches the whole prompt, its
+last token is the first root and the pass's last row is the target after it, so the first round feeds
+only its drafts (and makes no pass when it has none, just as greedy's first token costs none).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from ..base import Strategy
 from .cost_model import cost_model_for
 from .drafters import DraftCache
 from .fallback import KEY, PlainFallback
-from .rounds import AcceptanceStats, committed_count, node_q, prefill_all_but_last, round_events
-from .tree import DraftTree, keep_path, verify_tree
+from .rounds import AcceptanceStats, committed_count, node_q, prefill_with_root, round_events
+from .tree import DraftTree, keep_path, verify_after_root, verify_tree
 from .verify import Verdict, check_sampling, greedy_verdict, make_warp, recursive_rejection_verdict
 
 
@@ -59,14 +60,17 @@ class SpeculationLoop(Strategy):
             return greedy_verdict(draft.tree, logits)
         return recursive_rejection_verdict(draft.tree, logits, draft.q_at, warp, generator)
 
-    def after_round(self, s, draft: Draft, logits: torch.Tensor, verdict: Verdict, seconds: float,
+    def after_round(self, s, draft: Draft, logits: torch.Tensor, verdict: Verdict, seconds: float | None,
                     step: int) -> Iterator[Event]:
-        """Learn from the round (cost models, acceptance statistics); may yield events."""
+        """Learn from the round (cost models, acceptance statistics); may yield events. seconds: the
+        verification pass's time; None when no pass of the tree's size ran (the first round, whose root
+        ran in the prompt pass)."""
         return iter(())
 
-    def prefill(self, s, cache) -> int:
-        """Cache the prompt minus its last token; return that token, the first root."""
-        return prefill_all_but_last(s, cache)
+    def prefill(self, s, cache) -> tuple[int, torch.Tensor]:
+        """Cache the whole prompt; return its last token, the first root, and the target's logits after it (V,)."""
+        root, logits = prefill_with_root(s, cache)
+        return root, logits[-1]
 
     def falls_back(self) -> bool:
         """Whether this run may fall back to plain steps when its drafts do not pay (fallback.py): methods
@@ -84,7 +88,7 @@ class SpeculationLoop(Strategy):
         warp = make_warp(self.p) if "temperature" in self.p else None
         draft_gen = s.spawn_generator()                  # draft draws never shift the target's acceptance draws
         self.cache = cache = s.new_cache()               # exposed for tests: committed minus the root
-        root = self.prefill(s, cache)
+        root, root_logits = self.prefill(s, cache)   # the root already ran: the first round feeds only drafts
         self.drafts = DraftCache(s, s.prompt_ids[:-1]) if self.needs_draft else None
         stats, step = AcceptanceStats(), 0
         costs = cost_model_for(s.model)
@@ -97,10 +101,13 @@ class SpeculationLoop(Strategy):
             if forced:
                 draft = replace(draft, tree=DraftTree.rooted(root), q_at=None, q=None, labels=None,
                                 source="plain step (drafts did not pay)")
-            past_len = cache.get_seq_length()
+            past_len = cache.get_seq_length() - (root_logits is not None)
             start = time.perf_counter()
-            logits = verify_tree(s, draft.tree, cache)
-            seconds = time.perf_counter() - start
+            if root_logits is None:
+                logits = verify_tree(s, draft.tree, cache)
+                seconds = time.perf_counter() - start
+            else:
+                logits, seconds, root_logits = verify_after_root(s, draft.tree, cache, root_logits), None, None
             verdict = self.accept(draft, logits, warp, s.generator)
             path = verdict.path[:committed_count(s, draft.tree, verdict)]
             keep_path(cache, past_len, path)             # the last committed token stays out: the next root

@@ -115,7 +115,7 @@ class PromptLookup(SpeculationLoop):
                    "and acceptance); fixed: always all of them, as transformers does."),
     )
 
-    def prefill(self, s, cache) -> int:
+    def prefill(self, s, cache):
         self.costs, self.rates, self.notice = cost_model_for(s.model), CopyRates(), PlainStepNotice()
         return super().prefill(s, cache)
 
@@ -139,7 +139,8 @@ class PromptLookup(SpeculationLoop):
     def after_round(self, s, draft, logits, verdict, seconds, step):
         copy, rate, before = draft.context
         proposed = len(draft.tree) - 1
-        self.costs.record(len(draft.tree), seconds)
+        if seconds is not None:
+            self.costs.record(len(draft.tree), seconds)
         # The whole copy, proposed or not, against what the target wrote this round: the estimate keeps
         # learning while nothing is proposed, so drafting resumes when copies come true again.
         compared, right = copy_outcome(copy, s.output_ids[before:])

@@ -89,7 +89,7 @@ class RASD(SpeculationLoop):
                    "(checked where the draft ran at the graft node).", step=0.01),
     )
 
-    def prefill(self, s, cache) -> int:
+    def prefill(self, s, cache):
         self.by_source = {"model": [0, 0], "retrieval": [0, 0], "both": [0, 0]}   # [drafted, accepted]
         return super().prefill(s, cache)
 

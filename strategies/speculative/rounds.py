@@ -82,6 +82,15 @@ def prefill_all_but_last(session, cache) -> int:
     return session.prompt_ids[-1]
 
 
+def prefill_with_root(session, cache, rows: int = 1) -> tuple[int, torch.Tensor]:
+    """Cache the WHOLE prompt in one prompt pass: its last token is the first round's root, already run,
+    and the pass's last row is the target after it, so a first round without drafts costs no pass of its
+    own (the pass greedy makes; caching all but the last token cost one extra weight read per run).
+    Returns (root, logits (rows, V) of the last `rows` prompt positions, the root's last)."""
+    logits, _ = session.forward(session.prompt_ids, cache, last_only=False, logits_to_keep=rows)
+    return session.prompt_ids[-1], logits[0]
+
+
 def tokens_to_commit(session, proposed: list[int]) -> int:
     """How many of `proposed` may be committed: up to and including the first EOS, within room."""
     room = session.max_new_tokens - len(session.output_ids)
@@ -114,7 +123,7 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
     rows = sorted(set(max(p, 0) for p in tree.parents) | set(verdict.path))
     warped = warp(logits[rows].double()) if warp else logits[rows].double()   # once per row, not per token
     p = dict(zip(rows, torch.softmax(warped, -1)))
-    kept = dict(zip(rows, torch.isfinite(warped).sum(-1).tolist()))
+    kept = dict(zip(rows, torch.isfinite(warped).sum(-1).tolist())) if warp else {}   # tokens the warp kept
     yield tree_event(session, tree, p, verdict, count, step, title, q, labels)
     rejection = rejection_record(session, verdict.rejection, verdict.accepted) if verdict.rejection else None
     yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=verdict.accepted, emitted=count,

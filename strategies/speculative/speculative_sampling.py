@@ -36,7 +36,7 @@ class SpeculativeSampling(SpeculationLoop):
                    "accepted round, -1 after a rejection, between 1 and gamma."),
     ) + sampling_params()
 
-    def prefill(self, s, cache) -> int:
+    def prefill(self, s, cache):
         self.length = self.p["gamma"]
         return super().prefill(s, cache)
 

@@ -111,6 +111,14 @@ def verify_tree(session, tree: DraftTree, cache, start: int = 0) -> torch.Tensor
     return _tree_forward(session.forward, _dtype(session.model), tree, cache, start)
 
 
+def verify_after_root(session, tree: DraftTree, cache, root_logits: torch.Tensor) -> torch.Tensor:
+    """verify_tree for a round whose root already ran (the cache holds it; root_logits (V,) the target
+    after it, from the prompt pass): only the drafts are fed, in one pass, and none when there are none."""
+    if len(tree) == 1:
+        return root_logits[None]
+    return torch.cat([root_logits[None], verify_tree(session, tree, cache, start=1)])
+
+
 def draft_tree_forward(session, tree: DraftTree, cache, start: int = 0) -> torch.Tensor:
     """The same pass through the draft model (counted as a draft pass), on the draft's own cache.
     Growing a tree level by level: feed the new nodes with start = number of nodes already fed."""
@@ -118,6 +126,12 @@ def draft_tree_forward(session, tree: DraftTree, cache, start: int = 0) -> torch
 
 
 def _tree_forward(forward: Callable, dtype: torch.dtype, tree: DraftTree, cache, start: int) -> torch.Tensor:
+    if len(tree) - start == 1 and tree.depths[start] == start:
+        # One node on its own root path (a plain step, or the next node of a chain): the causal pass
+        # plain decoding makes, without building a mask and positions for it (a plain round then
+        # costs what a greedy step costs).
+        logits, _ = forward([tree.tokens[start]], cache)
+        return logits
     past_len = cache.get_seq_length() - start
     ids = torch.tensor([tree.tokens[start:]], dtype=torch.long)
     positions = torch.tensor([[past_len + d for d in tree.depths[start:]]], dtype=torch.long)
@@ -142,6 +156,9 @@ def keep_path(cache, past_len: int, path: list[int]) -> None:
     """Keep the prefix plus the KV rows of tree nodes `path` (increasing indices, e.g. an accepted
     root path), in that order; drop every other tree row. A node's rows were computed at position
     past_len + depth, which is where they land, so they equal a sequential run's rows."""
+    if path == list(range(len(path))):                  # a prefix of the fed nodes (a chain, a plain step): in place
+        keep_prefix(cache, past_len + len(path))
+        return
     with torch.inference_mode():                         # the cached tensors are inference tensors
         for layer in cache.layers:
             if not getattr(layer, "is_initialized", True) or layer.keys is None or layer.keys.numel() == 0:
@@ -153,9 +170,10 @@ def keep_path(cache, past_len: int, path: list[int]) -> None:
     keep_prefix(cache, past_len + len(path))
 
 
-def greedy_accept(tree: DraftTree, logits: torch.Tensor) -> list[int]:
-    """Longest root path whose every token is the argmax of its parent's logits: [0, a1, ..., ak]."""
-    predicted = logits.argmax(-1).tolist()
+def greedy_accept(tree: DraftTree, logits: torch.Tensor | list[int]) -> list[int]:
+    """Longest root path whose every token is the argmax of its parent's logits: [0, a1, ..., ak].
+    logits (n, V), or the argmax of each row already taken (a list of n tokens)."""
+    predicted = logits if isinstance(logits, list) else logits.argmax(-1).tolist()
     path = [0]
     while True:
         child = tree.child_with_token(path[-1], predicted[path[-1]])

@@ -86,8 +86,9 @@ def chain_tree(root: int, drafts: list[int]) -> DraftTree:
 
 def greedy_verdict(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     """logits (n, V) on the tree: the longest root path matching the target's argmax, then its argmax."""
-    path = greedy_accept(tree, logits)
-    return Verdict(path, int(logits[path[-1]].argmax()))
+    predicted = logits.argmax(-1).tolist()
+    path = greedy_accept(tree, predicted)
+    return Verdict(path, predicted[path[-1]])
 
 
 def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor | None, warp,
