@@ -17,7 +17,7 @@ from playground.decoding import DecodeSession
 from playground.drafts import parse_truncated, truncated_view
 from playground.events import LayerAcceptanceEvent, StatsEvent, TokenEvent, TreeEvent, VerifyEvent, from_dicts, to_dicts
 from strategies import REGISTRY
-from strategies.speculative.early_exit import expected_tokens, plan, tpl_table
+from strategies.speculative.early_exit import LayerAgreement, expected_tokens, plan, tpl_table
 
 PROMPTS = [[5, 17, 33], [1, 2, 3, 4, 5, 6, 7, 8], [90], [42, 42, 42, 7]]
 
@@ -299,6 +299,33 @@ def test_tpl_formula_and_plan():
     assert (layer, length) == (3, 3)
     assert plan(torch.zeros(4, dtype=torch.float64), 0.0, 3, 0, 0)[:2] == (0, 0)  # nothing beats plain decoding
     assert plan(alpha, 0.0, 3, 4, 2)[:2] == (4, 2)
+
+
+def test_the_plan_doubts_a_layer_seen_to_agree_once():
+    """One agreeing observation makes alpha 1, and taken at its word that is an 8-token draft; the plan's
+    fading prior of two disagreements makes it a 1-token draft, and after 21 agreeing observations
+    the plan trusts the layer again (0.976) and drafts 8."""
+    agreement = LayerAgreement(30, decay=0.9)
+    agreement.observe(torch.ones(30, 1, dtype=torch.bool))
+    assert agreement.alpha.tolist() == [1.0] * 30                              # what is shown: the measured rate
+    assert plan(agreement.alpha, 8.0, 8, 0, 0)[:2] == (1, 8)
+    assert math.isclose(float(agreement.planning_alpha[0]), 1 / (1 + 2 * 0.9))
+    assert plan(agreement.planning_alpha, 8.0, 8, 0, 0)[:2] == (1, 1)
+    agreement.observe(torch.ones(30, 20, dtype=torch.bool))
+    assert float(agreement.planning_alpha[0]) > 0.97
+    assert plan(agreement.planning_alpha, 8.0, 8, 0, 0)[:2] == (1, 8)
+
+
+def test_tpl_counts_the_measured_verification_pass():
+    """v_d: a pass over d + 1 tokens costs v_d one-token passes (DEL's formula: 1). Layer 3 of 4 agrees
+    always: with v = 1 a 3-token draft wins; when a 4-token pass costs 2.5 plain ones, drafting loses."""
+    alpha = torch.tensor([0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    verify = torch.tensor([1.2, 1.8, 2.5], dtype=torch.float64)
+    table = tpl_table(alpha, head=1.0, max_length=3, verify=verify)
+    assert math.isclose(float(table[2, 2]), 4 / (3 * (3 + 1) + 2.5 * (4 + 1)))   # (d+1) / (d (l+h) + v_d (L+h))
+    assert torch.equal(tpl_table(alpha, 1.0, 3, torch.ones(3, dtype=torch.float64)), tpl_table(alpha, 1.0, 3))
+    assert plan(alpha, 1.0, 3, 0, 0)[:2] == (3, 3)
+    assert plan(alpha, 1.0, 3, 0, 0, verify)[:2] == (0, 0)
 
 
 def test_early_exit_sampling_mode_runs(deep_target, tiny_tokenizer):

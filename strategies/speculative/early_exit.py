@@ -8,11 +8,19 @@ Which (l, d) is worth it depends on how often layer l already agrees with the fu
   layer's early-exit prediction at every verified position costs one LM-head product, not a forward.
   Only positions up to the first rejection count: after it the context is wrong.
 - alpha_l: each layer's agreement rate with the full model's argmax, exponentially decayed so it
-  follows the context (hits and totals both decay; alpha = hits / totals).
+  follows the context (hits and totals both decay; alpha = hits / totals). The plan reads it with
+  a prior of two disagreements that fades like any old observation [ours]: a layer seen to agree
+  once (alpha = 1) would otherwise be handed an 8-token draft at once (on open-ended text such first
+  drafts from layers 5-20 of SmolLM2 were all rejected, 17 plain steps' worth of work in a 96-token
+  answer); after 20 agreeing observations the plan trusts it at 0.98.
 - Plan: maximise tokens per loaded layer TPL(l, d) = E[tokens | l, d] / cost(l, d) with
-  E = 1 + a + ... + a^d = (1 - a^(d+1)) / (1 - a), a = alpha_l, and cost = d (l + h) + (L + h)
+  E = 1 + a + ... + a^d = (1 - a^(d+1)) / (1 - a), a = alpha_l, and cost = d (l + h) + v_d (L + h)
   layers. h is the LM head's size in layers: DEL's formula has h = 0; on a small model the head
   is several layers' worth of weights (8 on SmolLM2-135M), so by default it is counted [ours].
+  v_d is what verifying d + 1 tokens costs in plain one-token passes: DEL's formula has v_d = 1 (on
+  a GPU a pass over a few tokens costs what one token's does); on a CPU it does not (a 9-token pass
+  costs ~2 plain ones here), so by default v_d is read from the pass costs measured at warm-up
+  (cost_model.py) [ours]; without them (no warm-up) it is 1.
   If no (l, d) beats plain decoding (1 / (L + h)), the round drafts nothing.
 - Dynamic draft exiting: drafting stops early when the draft's top probability drops below a threshold.
 
@@ -65,6 +73,7 @@ class LayerAgreement:
         self.decay = decay
         self.hits = torch.zeros(layers, dtype=torch.float64)
         self.seen = torch.zeros(layers, dtype=torch.float64)
+        self.doubt = torch.full((layers,), self.DOUBT, dtype=torch.float64)   # the plan's prior, fading
         self.version = 0               # observations so far: a plan made from alpha holds until it changes
 
     def observe(self, matches: torch.Tensor, layers: slice = slice(None)) -> None:
@@ -73,10 +82,19 @@ class LayerAgreement:
         for column in matches.T.double():
             self.hits[layers] = self.decay * self.hits[layers] + column
             self.seen[layers] = self.decay * self.seen[layers] + 1
+            self.doubt[layers] = self.decay * self.doubt[layers]
+
+    DOUBT = 2.0    # disagreements the plan assumes before any observation (module notes)
 
     @property
     def alpha(self) -> torch.Tensor:
+        """The measured agreement rate (shown)."""
         return torch.where(self.seen > 0, self.hits / self.seen.clamp(min=1e-12), torch.zeros_like(self.seen))
+
+    @property
+    def planning_alpha(self) -> torch.Tensor:
+        """What the plan trusts: hits / (seen + doubt), near alpha once a layer has been seen often."""
+        return self.hits / (self.seen + self.doubt)
 
 
 # --- choosing the exit layer and draft length --------------------------------------------------
@@ -88,20 +106,29 @@ def expected_tokens(alpha: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return cumulative[..., lengths]
 
 
-def tpl_table(alpha: torch.Tensor, head: float, max_length: int) -> torch.Tensor:
-    """TPL(l, d) for l = 1..L (rows) and d = 1..max_length (columns)."""
+def tpl_table(alpha: torch.Tensor, head: float, max_length: int, verify: torch.Tensor | None = None) -> torch.Tensor:
+    """TPL(l, d) for l = 1..L (rows) and d = 1..max_length (columns); verify (max_length,): v_d, a pass
+    over d + 1 tokens in one-token passes (None: 1, DEL's formula)."""
     layers = alpha.shape[0]
     lengths = torch.arange(1, max_length + 1)
-    cost = lengths[None].double() * (torch.arange(1, layers + 1)[:, None].double() + head) + layers + head
+    verify = torch.ones(max_length, dtype=torch.float64) if verify is None else verify[:max_length]
+    cost = lengths[None].double() * (torch.arange(1, layers + 1)[:, None].double() + head) + verify * (layers + head)
     return expected_tokens(alpha, lengths) / cost
 
 
+def verify_in_steps(costs, max_length: int, context: int) -> torch.Tensor:
+    """v_d for d = 1..max_length: the measured cost of a (d + 1)-token round (cost_model.round_cost) over a
+    one-token pass's."""
+    step = costs.cost(1, context)
+    return torch.tensor([costs.round_cost(d + 1, context) / step for d in range(1, max_length + 1)], dtype=torch.float64)
+
+
 def plan(alpha: torch.Tensor, head: float, max_length: int, fixed_layer: int,
-         fixed_length: int) -> tuple[int, int, torch.Tensor]:
+         fixed_length: int, verify: torch.Tensor | None = None) -> tuple[int, int, torch.Tensor]:
     """(exit layer, draft length, TPL table); (0, 0) = plain decoding wins this round.
     The full model (l = L) is a candidate only when asked for: it can never beat plain decoding."""
     layers = alpha.shape[0]
-    table = tpl_table(alpha, head, max(max_length, 1))
+    table = tpl_table(alpha, head, max(max_length, 1), verify)
     if max_length < 1:
         return 0, 0, table
     allowed = torch.zeros_like(table, dtype=torch.bool)
@@ -137,7 +164,7 @@ def round_cost(costs, model, layer: int, drafted: int, context: int) -> float:
     if not drafted:
         return costs.cost(1, context)
     layers, head = model.config.num_hidden_layers, head_in_layers(model)
-    return costs.cost(drafted + 1, context) + drafted * costs.cost(1, context) * (layer + head) / (layers + head)
+    return costs.round_cost(drafted + 1, context) + drafted * costs.cost(1, context) * (layer + head) / (layers + head)
 
 
 class LensSchedule:
@@ -183,6 +210,9 @@ class EarlyExit(Strategy):
               step=0.05),
         Param("decay", "float", 0.9, 0.0, 0.999, help="Per-observation decay of the per-layer agreement.", step=0.01),
         Param("count_head", "bool", True, help="Count the LM head's cost in TPL (DEL's formula does not)."),
+        Param("count_verify", "bool", True,
+              help="Count the verification pass over d + 1 tokens at its cost measured on this machine "
+                   "(DEL's formula counts it as one plain pass, as on a GPU; on a CPU it costs more)."),
         Param("lens_every", "int", 4, 1, 64,
               help="Read every layer's shadow tokens every k rounds (1 = every round, as in DEL); in between only "
                    "the drafting layer learns, from its own drafts. On a CPU the L - 1 extra LM-head rows cost "
@@ -216,7 +246,9 @@ class EarlyExit(Strategy):
             fixed_length = min(self.p["draft_length"], room) if longest else 0
             if key != (agreement.version, longest, fixed_length):      # alpha has not changed: nor has the plan
                 key = (agreement.version, longest, fixed_length)
-                planned = plan(agreement.alpha, head, longest, fixed_layer, fixed_length)
+                verify = (verify_in_steps(costs, longest, len(context))
+                          if self.p["count_verify"] and costs.frozen and longest else None)
+                planned = plan(agreement.planning_alpha, head, longest, fixed_layer, fixed_length, verify)
                 tpl = planned[2].max(-1).values.tolist()
             layer, length, table = planned
             forced = guard is not None and guard.plain(step) and layer > 0

@@ -122,7 +122,7 @@ class SpeculationLoop(Strategy):
                     yield event
             if guard:
                 context = past_len + 1
-                yield from guard.record(step, len(draft.tree) - 1, len(path), costs.cost(len(draft.tree), context),
+                yield from guard.record(step, len(draft.tree) - 1, len(path), costs.round_cost(len(draft.tree), context),
                                         costs.cost(1, context))
             if done:
                 return
