@@ -303,13 +303,13 @@ def test_tpl_formula_and_plan():
 
 def test_the_plan_doubts_a_layer_seen_to_agree_once():
     """One agreeing observation makes alpha 1, and taken at its word that is an 8-token draft; the plan's
-    fading prior of two disagreements makes it a 1-token draft, and after 21 agreeing observations
+    fading prior of one disagreement makes it a 1-token draft, and after 21 agreeing observations
     the plan trusts the layer again (0.976) and drafts 8."""
     agreement = LayerAgreement(30, decay=0.9)
     agreement.observe(torch.ones(30, 1, dtype=torch.bool))
     assert agreement.alpha.tolist() == [1.0] * 30                              # what is shown: the measured rate
     assert plan(agreement.alpha, 8.0, 8, 0, 0)[:2] == (1, 8)
-    assert math.isclose(float(agreement.planning_alpha[0]), 1 / (1 + 2 * 0.9))
+    assert math.isclose(float(agreement.planning_alpha[0]), 1 / (1 + 0.9))
     assert plan(agreement.planning_alpha, 8.0, 8, 0, 0)[:2] == (1, 1)
     agreement.observe(torch.ones(30, 20, dtype=torch.bool))
     assert float(agreement.planning_alpha[0]) > 0.97

@@ -100,12 +100,12 @@ def test_del_reads_shadow_tokens_less_often_while_it_takes_plain_steps():
     from strategies.speculative.early_exit import LensSchedule
 
     lens, reads = LensSchedule(4), []
-    for step in range(80):
-        drafting = 60 <= step < 62
+    for step in range(200):
+        drafting = 120 <= step < 122
         read = lens.due(step, drafting)
         reads += [step] * read
         lens.after(step, read, drafting)
-    assert reads == [0, 8, 24, 56, 60, 64, 72]             # gaps 8, 16, 32; drafting: every 4th again; then 8
+    assert reads == [0, 16, 48, 112, 120, 124, 140, 172]   # gaps 16, 32, 64; drafting: every 4th; then 16, 32
 
 
 def test_token_recycling_warms_from_the_latest_prompt_rows(tiny_model, tiny_tokenizer):
