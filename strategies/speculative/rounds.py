@@ -75,13 +75,6 @@ class PlainStepNotice:
             yield NoticeEvent("drafting", f"drafting again from round {step + 1}", active=False)
 
 
-def prefill_all_but_last(session, cache) -> int:
-    """Cache the prompt minus its last token, which becomes the first round's root."""
-    if len(session.prompt_ids) > 1:
-        session.forward(session.prompt_ids[:-1], cache)
-    return session.prompt_ids[-1]
-
-
 def prefill_with_root(session, cache, rows: int = 1) -> tuple[int, torch.Tensor]:
     """Cache the WHOLE prompt in one prompt pass: its last token is the first round's root, already run,
     and the pass's last row is the target after it, so a first round without drafts costs no pass of its
