@@ -79,6 +79,16 @@ class SpeculationLoop(Strategy):
         return False
 
     # --- the loop --------------------------------------------------------------------------------
+    @staticmethod
+    def target_pass(s, tree: DraftTree, cache, root_logits: torch.Tensor | None) -> tuple[torch.Tensor, float | None]:
+        """Logits (n, V) of ONE timed target pass over the tree; in the first round only its drafts are fed
+        (root_logits (V,): the root ran in the prompt pass) and no pass of the tree's size is timed (None)."""
+        if root_logits is not None:
+            return verify_after_root(s, tree, cache, root_logits), None
+        start = time.perf_counter()
+        logits = verify_tree(s, tree, cache)
+        return logits, time.perf_counter() - start
+
     @property
     def draft_cache(self):
         """The draft model's KV cache (tests check it holds exactly the committed rows)."""
@@ -88,7 +98,7 @@ class SpeculationLoop(Strategy):
         warp = make_warp(self.p) if "temperature" in self.p else None
         draft_gen = s.spawn_generator()                  # draft draws never shift the target's acceptance draws
         self.cache = cache = s.new_cache()               # exposed for tests: committed minus the root
-        root, root_logits = self.prefill(s, cache)   # the root already ran: the first round feeds only drafts
+        root, root_logits = self.prefill(s, cache)       # the root already ran: the first round feeds only drafts
         self.drafts = DraftCache(s, s.prompt_ids[:-1]) if self.needs_draft else None
         stats, step = AcceptanceStats(), 0
         costs = cost_model_for(s.model)
@@ -102,12 +112,8 @@ class SpeculationLoop(Strategy):
                 draft = replace(draft, tree=DraftTree.rooted(root), q_at=None, q=None, labels=None,
                                 source="plain step (drafts did not pay)")
             past_len = cache.get_seq_length() - (root_logits is not None)
-            start = time.perf_counter()
-            if root_logits is None:
-                logits = verify_tree(s, draft.tree, cache)
-                seconds = time.perf_counter() - start
-            else:
-                logits, seconds, root_logits = verify_after_root(s, draft.tree, cache, root_logits), None, None
+            logits, seconds = self.target_pass(s, draft.tree, cache, root_logits)
+            root_logits = None
             verdict = self.accept(draft, logits, warp, s.generator)
             path = verdict.path[:committed_count(s, draft.tree, verdict)]
             keep_path(cache, past_len, path)             # the last committed token stays out: the next root
