@@ -36,8 +36,10 @@ class CostModel:
         self.passes = 0
         self.last: dict[int, int] = {}                # size -> the pass count when it was last timed
 
-    def record(self, n_tokens: int, seconds: float) -> None:
-        if self.frozen:
+    def record(self, n_tokens: int, seconds: float | None) -> None:
+        """A pass over n_tokens took `seconds` (None: no pass of that size ran, e.g. a first round whose root
+        ran in the prompt pass)."""
+        if self.frozen or seconds is None:
             return
         # A median of the last few follows drift but ignores one-off stalls (another process, a GC pause).
         recent = self.recent.setdefault(n_tokens, [])
@@ -55,7 +57,7 @@ class CostModel:
     @frozen.setter
     def frozen(self, value: bool) -> None:
         self._is_frozen = value
-        self._frozen: dict[int, tuple[float, float | None]] = {}   # n -> both curves, while frozen
+        self._remembered: dict[int, tuple[float, float | None]] = {}   # n -> both curves, while frozen
 
     def untried(self, sizes) -> list[int]:
         return [n for n in sizes if n not in self.tried and n not in self.seconds]
@@ -82,11 +84,11 @@ class CostModel:
 
     def _curves(self, n_tokens: int) -> tuple[float, float | None]:
         """Both curves at n_tokens; once frozen, remembered (a method asks for a dozen sizes every round)."""
-        if self.frozen and n_tokens in self._frozen:
-            return self._frozen[n_tokens]
+        if self.frozen and n_tokens in self._remembered:
+            return self._remembered[n_tokens]
         both = curve_cost(self.seconds, n_tokens), curve_cost(self.long, n_tokens) if self.long else None
         if self.frozen:
-            self._frozen[n_tokens] = both
+            self._remembered[n_tokens] = both
         return both
 
 

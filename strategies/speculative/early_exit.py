@@ -75,6 +75,7 @@ class LayerAgreement:
         self.seen = torch.zeros(layers, dtype=torch.float64)
         self.doubt = torch.full((layers,), self.DOUBT, dtype=torch.float64)   # the plan's prior, fading
         self.version = 0               # observations so far: a plan made from alpha holds until it changes
+        self._lists = (None, [], [])   # (version, alpha, seen) as lists, for the events
 
     def observe(self, matches: torch.Tensor, layers: slice = slice(None)) -> None:
         """matches (layers, positions) bool, one column per verified position, oldest first."""
@@ -90,6 +91,12 @@ class LayerAgreement:
     def alpha(self) -> torch.Tensor:
         """The measured agreement rate (shown)."""
         return torch.where(self.seen > 0, self.hits / self.seen.clamp(min=1e-12), torch.zeros_like(self.seen))
+
+    def as_lists(self) -> tuple[list[float], list[float]]:
+        """(alpha, seen) as lists for the round's event, made once per change (most rounds learn nothing)."""
+        if self._lists[0] != self.version:
+            self._lists = (self.version, self.alpha.tolist(), self.seen.tolist())
+        return self._lists[1], self._lists[2]
 
     @property
     def planning_alpha(self) -> torch.Tensor:
@@ -234,7 +241,7 @@ class EarlyExit(Strategy):
         views: dict[int, torch.nn.Module] = {}
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
         root, first = prefill_with_root(s, cache)       # the root ran in the prompt pass: first[-1] the target after it
-        root_logits, planned, key, listed = first[-1], None, None, (None,)
+        root_logits, planned, key = first[-1], None, None
         stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         lens = LensSchedule(self.p["lens_every"])
         automatic = self.falls_back()          # DEL chooses (l, d) itself
@@ -251,7 +258,7 @@ class EarlyExit(Strategy):
                           if self.p["count_verify"] and costs.frozen and longest else None)
                 planned = plan(agreement.planning_alpha, head, longest, fixed_layer, fixed_length, verify)
                 tpl = planned[2].max(-1).values.tolist()
-            layer, length, table = planned
+            layer, length, _ = planned
             forced = guard is not None and guard.plain(step) and layer > 0
             if forced:
                 layer, length = 0, 0
@@ -270,9 +277,8 @@ class EarlyExit(Strategy):
             verdict = verify_chain(logits, drafts, q, warp, s.generator)
             self.learn(agreement, s.model, out, logits, drafts, verdict.accepted, layer, read_lens, warp is None)
             lens.after(step, read_lens, drafting)
-            if listed[0] != agreement.version:         # after this round's learning, as lists once per change
-                listed = agreement.version, agreement.alpha.tolist(), agreement.seen.tolist()
-            yield LayerAcceptanceEvent(step=step, alpha=listed[1], samples=listed[2], tpl=tpl,
+            alpha, seen = agreement.as_lists()          # after this round's learning
+            yield LayerAcceptanceEvent(step=step, alpha=alpha, samples=seen, tpl=tpl,
                                        baseline_tpl=1.0 / (layers + head),
                                        exit_layer=layer, draft_length=len(drafts))
             tree = chain_tree(root, drafts)

@@ -139,8 +139,7 @@ class PromptLookup(SpeculationLoop):
     def after_round(self, s, draft, logits, verdict, seconds, step):
         copy, rate, before = draft.context
         proposed = len(draft.tree) - 1
-        if seconds is not None:
-            self.costs.record(len(draft.tree), seconds)
+        self.costs.record(len(draft.tree), seconds)
         # The whole copy, proposed or not, against what the target wrote this round: the estimate keeps
         # learning while nothing is proposed, so drafting resumes when copies come true again.
         compared, right = copy_outcome(copy, s.output_ids[before:])

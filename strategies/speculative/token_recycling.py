@@ -181,8 +181,7 @@ class TokenRecycling(SpeculationLoop):
 
     def after_round(self, s, draft, logits, verdict, seconds, step):
         tree, (budget, values) = draft.tree, draft.context
-        if seconds is not None:
-            self.costs.record(len(tree), seconds)
+        self.costs.record(len(tree), seconds)
         path = verdict.path
         self.hits.record(self.matrix[torch.tensor(tree.tokens)[path]], logits[path].argmax(-1))
         # The accepted path is the real context: its rows are written last, so they win over a
