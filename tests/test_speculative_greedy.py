@@ -207,6 +207,22 @@ def test_token_recycling_warm_starts_from_the_prompt(tiny_model, tiny_tokenizer)
         assert strategy.matrix[token].tolist() == expected
 
 
+def test_token_recycling_counts_warm_rows_as_a_scan_of_m_would(tiny_model, tiny_tokenizer):
+    """The 'warm rows of M' stat is kept from each round's writes, not by scanning M's V rows: after
+    every round it must equal the scan (trees and plain rounds, rows written twice, rejected nodes)."""
+    from playground.events import StatsEvent
+
+    for max_nodes, adaptive in ((6, False), (0, False)):
+        session = DecodeSession(tiny_model, tiny_tokenizer, PROMPTS[1], 24, set(), 0)
+        strategy = REGISTRY["token_recycling"](top_k=3, max_nodes=max_nodes, adaptive=adaptive)
+        shown = []
+        for event in strategy.decode(session):
+            if isinstance(event, StatsEvent) and "warm rows of M" in event.values:
+                shown.append(event.values["warm rows of M"])
+                assert shown[-1] == int(strategy.matrix[:, 0].count_nonzero())
+        assert len(shown) > 5 and shown[-1] > shown[0]
+
+
 def test_token_recycling_budget_follows_measured_cost():
     from strategies.speculative.token_recycling import BUDGETS, CostModel, best_first_template, choose_budget
 
@@ -223,6 +239,39 @@ def test_token_recycling_budget_follows_measured_cost():
         costs.seconds[n] = 1.0 + 0.001 * (n - 1)                           # nearly free: grow the tree
     flat = choose_budget(values, costs, 64)
     assert steep < flat and flat == 64
+
+
+def test_token_recycling_stops_growing_the_template_only_where_no_bigger_tree_can_win():
+    """frozen_budget grows the template lazily; it must pick what the full template picks (ties: the
+    smaller budget) on any rates and cost curve, and stop early when no tree pays."""
+    import random
+
+    from strategies.speculative.token_recycling import (BUDGETS, CostModel, best_first_template, choose_budget,
+                                                        frozen_budget)
+
+    rng = random.Random(7)
+    for case in range(400):
+        rates = [rng.random() ** rng.choice((1, 2, 4)) for _ in range(rng.randint(1, 8))]
+        if case % 5 == 0:
+            rates = [rng.choice((0.0, 0.1, 0.25)) for _ in rates]                # ties and zeros
+        costs = CostModel()
+        step, growth, bend = rng.uniform(0.01, 0.03), rng.uniform(0.0, 0.6), rng.uniform(0.5, 1.5)
+        for n in (b + 1 for b in BUDGETS):
+            costs.seconds[n] = step * (1 + growth * (n - 1) ** bend)
+        costs.frozen = True
+        limit = rng.choice((1, 5, 16, 64))
+        positions, values = best_first_template(rates, limit)
+        expected = choose_budget(values, costs, limit)
+        got_positions, got_values, budget = frozen_budget(rates, costs, limit, 0)
+        assert budget == expected, (rates, limit)
+        assert got_positions == positions[:budget] and got_values == values[:len(got_values)]
+    # nothing pays (every node's estimate 0.01, a 2-token pass costs 2 steps): the template is barely grown
+    costs = CostModel()
+    for n in (b + 1 for b in BUDGETS):
+        costs.seconds[n] = 0.02 * n
+    costs.frozen = True
+    _, values, budget = frozen_budget([0.01] * 8, costs, 64, 0)
+    assert budget == 0 and len(values) <= 1
 
 
 def test_prompt_lookup_length_follows_copy_rate_and_cost():

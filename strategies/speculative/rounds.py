@@ -114,8 +114,10 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
     proposed = verdict.proposed(tree)
     count = tokens_to_commit(session, proposed)
     rows = sorted(set(max(p, 0) for p in tree.parents) | set(verdict.path))
-    warped = warp(logits[rows].double()) if warp else logits[rows].double()   # once per row, not per token
-    p = dict(zip(rows, torch.softmax(warped, -1)))
+    scored = logits if len(rows) == len(logits) else logits[rows]      # every row (a plain round): no copy
+    warped = warp(scored.double()) if warp else scored.double()        # once per row, not per token
+    logp = dict(zip(rows, torch.log_softmax(warped, -1)))
+    p = {row: values.exp() for row, values in logp.items()}
     kept = dict(zip(rows, torch.isfinite(warped).sum(-1).tolist())) if warp else {}   # tokens the warp kept
     yield tree_event(session, tree, p, verdict, count, step, title, q, labels)
     rejection = rejection_record(session, verdict.rejection, verdict.accepted) if verdict.rejection else None
@@ -127,7 +129,8 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
         fields = {"extra": {"accepted draft": float(i < verdict.accepted), **(extra(i) if extra else {})}}
         if warp is not None:
             fields.update(sampled_prob=float(p[node][token]), kept=kept[node])
-        yield session.commit(token, logits[node], **fields)
+        # untempered, the rows' log-softmax is the committed token's distribution: computed once
+        yield session.commit(token, logits[node], logp=None if warp else logp[node], **fields)
     yield stats.update(len(tree) - 1, verdict.accepted, count)
     return session.is_eos(proposed[count - 1]) or not session.room()
 

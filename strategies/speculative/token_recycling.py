@@ -15,6 +15,8 @@ chosen to maximise expected tokens per second: (1 + sum of node acceptance estim
 from __future__ import annotations
 
 import heapq
+import itertools
+from collections.abc import Iterator
 import weakref
 
 import torch
@@ -59,38 +61,45 @@ class RankHits:
     PRIOR = 0.1          # the rank-1 hit rate assumed before any observation; rank r: PRIOR / r
 
     def __init__(self, k: int, prior_weight: float = 4.0):
-        self.hits = torch.tensor([self.PRIOR / (r + 1) for r in range(k)], dtype=torch.float64) * prior_weight
-        self.trials = prior_weight
+        self.hits = [self.PRIOR / (r + 1) * prior_weight for r in range(k)]    # plain floats: a round records
+        self.trials = prior_weight                                             # one or a few nodes
 
-    def record(self, rows: torch.Tensor, targets: torch.Tensor) -> None:
-        """rows: (m, k) M rows before the update; targets: (m,) the target's argmax at those nodes."""
-        self.hits += (rows == targets[:, None]).double().sum(0)
+    def record(self, rows: list[list[int]], targets: list[int]) -> None:
+        """rows: M rows (k tokens each) before the update; targets: the target's argmax at those nodes."""
+        for row, target in zip(rows, targets):
+            if target in row:
+                self.hits[row.index(target)] += 1          # a row's top-k tokens are distinct
         self.trials += len(targets)
 
     def rates(self) -> list[float]:
-        return (self.hits / self.trials).tolist()
+        return [hits / self.trials for hits in self.hits]
 
 
-def best_first_template(rates: list[float], max_nodes: int) -> tuple[list[tuple[int, int]], list[float]]:
-    """Template positions (parent index, rank) in best-first order of estimated acceptance
-    (product of rank rates along the path), and each one's estimate. Any prefix is a tree.
+def template_nodes(rates: list[float]) -> Iterator[tuple[int, int, float]]:
+    """Template positions (parent index, rank, estimated acceptance) in best-first order of estimated
+    acceptance (the product of rank rates along the path), so any prefix is a tree and the estimates
+    never increase.
 
     Lazily: a node's children are tried from its best rank down, so a popped node adds at most two
     candidates (its best child and its next sibling), never all k children (this runs every round).
     The order is the full frontier's: an unpushed sibling never beats the one before it."""
     order = sorted(range(len(rates)), key=lambda r: -rates[r])       # ranks, best first (ties: lower rank)
     heap = [(-rates[order[0]], 0, order[0], 1, 0, -1.0)]            # (-value, parent, rank, depth, i in order, parent's -value)
-    positions, values = [], []
-    while heap and len(positions) < max_nodes:
+    made = 0
+    while heap:
         neg_value, parent, rank, depth, i, parent_neg = heapq.heappop(heap)
-        positions.append((parent, rank))
-        values.append(-neg_value)
-        me = len(positions)                                  # its node index (0 is the root)
+        made += 1                                            # its node index (0 is the root)
+        yield parent, rank, -neg_value
         if i + 1 < len(order):
             heapq.heappush(heap, (parent_neg * rates[order[i + 1]], parent, order[i + 1], depth, i + 1, parent_neg))
         if depth < MAX_DEPTH:
-            heapq.heappush(heap, (neg_value * rates[order[0]], me, order[0], depth + 1, 0, neg_value))
-    return positions, values
+            heapq.heappush(heap, (neg_value * rates[order[0]], made, order[0], depth + 1, 0, neg_value))
+
+
+def best_first_template(rates: list[float], max_nodes: int) -> tuple[list[tuple[int, int]], list[float]]:
+    """The first max_nodes template positions (parent index, rank) and each one's estimate."""
+    nodes = list(itertools.islice(template_nodes(rates), max_nodes))
+    return [(parent, rank) for parent, rank, _ in nodes], [value for _, _, value in nodes]
 
 
 def choose_budget(values: list[float], costs: CostModel, limit: int, context: int = 0) -> int:
@@ -99,6 +108,32 @@ def choose_budget(values: list[float], costs: CostModel, limit: int, context: in
     budgets = [b for b in BUDGETS if b <= limit] or [limit]
     expected = [0.0] + torch.tensor(values, dtype=torch.float64).cumsum(0).tolist()   # expected[b]: b nodes
     return best_size(expected, costs, budgets, context)
+
+
+def frozen_budget(rates: list[float], costs: CostModel, limit: int, context: int) -> tuple[list[tuple[int, int]], list[float], int]:
+    """choose_budget's answer on frozen costs, growing the template only as far as a bigger tree could
+    still win: past n nodes a budget b gains at most (b - n) times the n-th estimate (they never
+    increase), and once no bigger budget can beat the best so far even then, the search stops. The
+    same budget as the full template gives (ties: the smaller, as best_size), at a fraction of its
+    cost while no tree pays (~0.2 ms a round otherwise, 1 % of a plain step).
+    Returns (positions, estimates, budget)."""
+    budgets = [b for b in BUDGETS if b <= limit] or [limit]
+    nodes = template_nodes(rates)
+    positions, values, gain = [], [], 0.0
+    best, best_rate = None, 0.0
+    for index, budget in enumerate(budgets):
+        for parent, rank, value in itertools.islice(nodes, budget - len(positions)):
+            positions.append((parent, rank))
+            values.append(value)
+            gain += value
+        rate = (1 + gain) / costs.round_cost(budget + 1, context)
+        if best is None or rate > best_rate:
+            best, best_rate = budget, rate
+        last = values[-1] if values else max(rates, default=0.0)
+        if all((1 + gain + (b - len(values)) * last) / costs.round_cost(b + 1, context) <= best_rate
+               for b in budgets[index + 1:]):
+            break
+    return positions[:best], values, best
 
 
 def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]]) -> DraftTree:
@@ -120,13 +155,21 @@ def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]])
     return tree
 
 
-def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None) -> None:
+def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None) -> int:
     """M[token] = top-k of the logits after it, for every node, written in `order` (default: tree
-    order), so where a token occurs at several nodes the last one written wins."""
+    order), so where a token occurs at several nodes the last one written wins. Returns how many more
+    rows of M are warm (top entry not token 0, M's initial fill) than before, so callers keep the count
+    without scanning M's V rows."""
+    if len(tokens) == 1:                                     # a plain round: the root's row only
+        was = int(matrix[tokens[0], 0] != 0)
+        matrix[tokens[0]] = logits[0].topk(matrix.shape[1]).indices
+        return int(matrix[tokens[0], 0] != 0) - was
     order = range(len(tokens)) if order is None else order
     last = {tokens[i]: i for i in order}
-    idx = torch.tensor(list(last.values()))
-    matrix[torch.tensor(list(last.keys()))] = logits[idx].topk(matrix.shape[1], -1).indices
+    rows, idx = torch.tensor(list(last.keys())), torch.tensor(list(last.values()))
+    was = int(matrix[rows, 0].count_nonzero())
+    matrix[rows] = logits[idx].topk(matrix.shape[1], -1).indices
+    return int(matrix[rows, 0].count_nonzero()) - was
 
 
 class TokenRecycling(SpeculationLoop):
@@ -165,6 +208,7 @@ class TokenRecycling(SpeculationLoop):
         root, logits = prefill_with_root(s, cache, rows=keep + 1)
         if keep:
             refresh_rows(self.matrix, s.prompt_ids[:-1][-keep:], logits[:-1])
+        self.warm_rows = int(self.matrix[:, 0].count_nonzero())     # then kept by refresh_rows' counts
         return root, logits[-1]
 
     def falls_back(self) -> bool:
@@ -172,9 +216,13 @@ class TokenRecycling(SpeculationLoop):
 
     def grow(self, s, root, room, warp, generator):
         limit = self.p["max_nodes"]
-        positions, values = best_first_template(self.hits.rates(), limit)
         context = len(s.prompt_ids) + len(s.output_ids)
-        budget = choose_budget(values, self.costs, limit, context) if self.p["adaptive"] and limit else limit
+        rates = self.hits.rates()
+        if self.p["adaptive"] and limit and self.costs.frozen:
+            positions, values, budget = frozen_budget(rates, self.costs, limit, context)
+        else:
+            positions, values = best_first_template(rates, limit)
+            budget = choose_budget(values, self.costs, limit, context) if self.p["adaptive"] and limit else limit
         tree = grow_tree(root, self.matrix, positions[:budget])
         return Draft(tree, source=f"recycled top-{self.p['top_k']} (tree of {len(tree) - 1})",
                      context=(budget, values))
@@ -183,13 +231,15 @@ class TokenRecycling(SpeculationLoop):
         tree, (budget, values) = draft.tree, draft.context
         self.costs.record(len(tree), seconds)
         path = verdict.path
-        self.hits.record(self.matrix[torch.tensor(tree.tokens)[path]], logits[path].argmax(-1))
+        # greedy verification: the target's argmax at the path's nodes is what the round proposed
+        self.hits.record(self.matrix[[tree.tokens[i] for i in path]].tolist(), verdict.proposed(tree))
         # The accepted path is the real context: its rows are written last, so they win over a
         # rejected node holding the same token (whose context never happened).
         on_path = set(path)
-        refresh_rows(self.matrix, tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
+        self.warm_rows += refresh_rows(self.matrix, tree.tokens, logits,
+                                       [i for i in range(len(tree)) if i not in on_path] + path)
         if self.p["adaptive"] and self.p["max_nodes"] > 0:           # only the cost model can choose no tree
             yield from self.notice.update(budget == 0, step)
         yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),
                           "rank-1 hit rate": self.hits.rates()[0],
-                          "warm rows of M": int(self.matrix[:, 0].count_nonzero())})
+                          "warm rows of M": self.warm_rows})
