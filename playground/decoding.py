@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from . import lean_forward
+from .kv_cache import GrowingCache
 from .config import settings
 from .events import Alternative, Event, TokenEvent
 
@@ -68,7 +69,8 @@ class DecodeSession:
         return next(self.model.parameters()).device
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+        """An empty KV cache for this model: a DynamicCache that grows in place (kv_cache.py)."""
+        return GrowingCache(self.model.config)
 
     def forward(self, input_ids: torch.Tensor | list[int], cache=None, last_only: bool = True, **kwargs):
         """One counted target forward pass. Returns logits (rows, V) as float, and the model output.

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 
 from .. import lean_forward
+from ..kv_cache import GrowingCache
 from ..decoding import weight_bytes
 from ..hardware import machine_bandwidth_gb_s
 
@@ -25,7 +26,7 @@ def step_seconds(model, context: int, lean: bool, steps: int = 24) -> float:
     """Median seconds of a one-token pass after `context` cached tokens."""
     call = (lambda ids, cache: lean_forward.forward(model, ids, cache)) if lean else \
         (lambda ids, cache: model(input_ids=ids, cache=cache, use_cache=True))
-    cache = DynamicCache(config=model.config)
+    cache = GrowingCache(model.config) if lean else DynamicCache(config=model.config)
     times = []
     with torch.inference_mode():
         call(torch.arange(1, context + 1)[None] % 1000 + 5, cache)

@@ -1,0 +1,75 @@
+"""A KV cache that grows in place: each layer's keys and values are views of a buffer with room to spare.
+
+transformers' `DynamicLayer` appends by `torch.cat`, a copy of the whole cache at every step: after 640
+tokens the embedded model copies ~29 MB a step (30 layers x keys and values), a few percent of a
+decode step on a CPU, growing with the context. Here a step writes only its own rows; the buffer is
+re-made (1.5x bigger, and only then copied) when it is full.
+
+Everything else keeps working because `keys` / `values` stay what DynamicLayer's are, tensors of shape
+(batch, heads, seq, head_dim): cropping slices them (still a prefix of the buffer), tree verification
+writes accepted rows in place (strategies/speculative/tree.py keep_path), and anything that replaces
+them with a new tensor (beam reordering, lanes' gathers) is noticed at the next update, which copies
+them into a fresh buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+SPARE = 256          # rows of room a new buffer has beyond what it holds (and at least half as many again)
+
+
+class GrowingLayer(DynamicLayer):
+    """DynamicLayer whose update writes into a buffer instead of concatenating."""
+
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None      # (keys, values), (batch, heads, capacity, dim)
+
+    def _holds(self, key_states: torch.Tensor, needed: int) -> bool:
+        """Whether keys / values are still a prefix of the buffers, with room for `needed` rows."""
+        if self.buffers is None:
+            return False
+        buffer = self.buffers[0]
+        return (buffer.shape[2] >= needed and self.keys.data_ptr() == buffer.data_ptr()
+                and self.values.data_ptr() == self.buffers[1].data_ptr()
+                and self.keys.stride() == buffer.stride() and self.keys.shape[:2] == key_states.shape[:2]
+                and buffer.dtype == key_states.dtype and buffer.device == key_states.device)
+
+    def _regrow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, needed: int) -> None:
+        batch, heads, _, dim = key_states.shape
+        capacity = max(needed + SPARE, needed * 3 // 2)
+        self.buffers = tuple(torch.empty(batch, heads, capacity, state.shape[-1], dtype=state.dtype,
+                                         device=state.device) for state in (key_states, value_states))
+        if length:
+            self.buffers[0][:, :, :length] = self.keys
+            self.buffers[1][:, :, :length] = self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """key_states, value_states (batch, heads, new, head_dim): appended; returns the whole keys and values."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        needed = length + key_states.shape[-2]
+        if not self._holds(key_states, needed):
+            self._regrow(key_states, value_states, length, needed)
+        keys, values = self.buffers
+        keys[:, :, length:needed] = key_states
+        values[:, :, length:needed] = value_states
+        self.keys, self.values = keys[:, :, :needed], values[:, :, :needed]
+        return self.keys, self.values
+
+    def reset(self) -> None:
+        self.buffers = None
+        super().reset()
+
+
+class GrowingCache(DynamicCache):
+    """DynamicCache(config=...) whose full-attention layers grow in place (sliding-window layers, which
+    drop old rows, are left as transformers makes them)."""
+
+    def __init__(self, config):
+        super().__init__(config=config)
+        self.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in self.layers]
+        if not self.layers:
+            self.layer_class_to_replicate = GrowingLayer
