@@ -31,6 +31,10 @@ def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def default_cache_dir() -> Path:
+    return Path(_env("PLAYGROUND_CACHE_DIR", str(Path.home() / ".cache" / "decoding-playground")))
+
+
 @dataclass(frozen=True)
 class Settings:
     cache_dir: Path          # converted models and the measured memory bandwidth live here
@@ -41,6 +45,7 @@ class Settings:
     threads: int
     forward: str             # "lean" (playground/lean_forward.py where the model allows) or "transformers"
     cpu_linear: bool         # the lean forward's products through the kernel that suits the row count (playground/cpu_linear.py)
+    compile_step: bool       # compile the one-token decode step at warm-up (playground/compiled_step.py)
     host: str
     port: int
     public_url: str          # base of share links (set it to the Space's URL when deployed)
@@ -65,7 +70,7 @@ class Settings:
 
     @staticmethod
     def from_env() -> "Settings":
-        cache_dir = Path(_env("PLAYGROUND_CACHE_DIR", str(Path.home() / ".cache" / "decoding-playground")))
+        cache_dir = default_cache_dir()
         db_path = Path(_env("PLAYGROUND_DB", str(cache_dir / "runs.sqlite3")))
         return Settings(
             cache_dir=cache_dir,
@@ -76,6 +81,7 @@ class Settings:
             threads=int(_env("PLAYGROUND_THREADS", str(os.cpu_count() or 1))),
             forward=_choice("PLAYGROUND_FORWARD", "lean", ("lean", "transformers")),
             cpu_linear=_flag("PLAYGROUND_CPU_LINEAR", True),
+            compile_step=_flag("PLAYGROUND_COMPILE", True),
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),

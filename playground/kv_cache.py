@@ -59,6 +59,14 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = keys[:, :, :needed], values[:, :, :needed]
         return self.keys, self.values
 
+    def reserve(self, needed: int) -> None:
+        """Room for `needed` rows, keys and values still the buffers' prefix (the compiled step,
+        compiled_step.py, writes its rows straight into the buffers)."""
+        if not self._holds(self.keys, needed):
+            self._regrow(self.keys, self.values, self.get_seq_length(), needed)
+            length = self.get_seq_length()
+            self.keys, self.values = self.buffers[0][:, :, :length], self.buffers[1][:, :, :length]
+
     def reset(self) -> None:
         self.buffers = None
         super().reset()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import cpu_linear
+from . import compiled_step, cpu_linear
 from .config import settings
 
 
@@ -172,6 +172,10 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     logits_to_keep=, output_hidden_states=)`, straight through. Hidden states follow transformers'
     convention: embeddings, each layer's un-normalised output, and the last one normalised.
     `inputs_embeds` (batch, n, hidden), with input_ids None, replaces the embedding look-up."""
+    step = compiled_step.for_model(model) if cache is not None else None
+    if step is not None and step.takes(input_ids, cache, attention_mask=attention_mask, position_ids=position_ids,
+                                       output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds):
+        return LeanOutput(step(input_ids, cache))              # the plain one-token step, compiled
     inner = model.model
     linear = cpu_linear.linear if settings().cpu_linear else F.linear
     if inputs_embeds is not None:

@@ -21,7 +21,7 @@ import torch
 
 from strategies import REGISTRY, InvalidParameter, Strategy, UnknownStrategy
 
-from . import baseline
+from . import baseline, compiled_step
 from .config import settings
 from .decoding import DecodeSession, Stopwatch
 from .events import ErrorEvent, Event, MetricsEvent, NoticeEvent, RunStarted, StatsEvent, TokenEvent
@@ -393,6 +393,8 @@ def warm_up(loaded: LoadedModel) -> None:
     decode rate (baseline.py) and the machine's memory bandwidth, while nothing else competes for the cores."""
     from strategies.speculative.cost_model import warm_up as time_passes
 
+    if settings().compile_step:        # first: the passes below are timed as runs will make them
+        compiled_step.prepare(loaded.model)
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
     baseline.measure_at_start_up(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True))
     machine_bandwidth_gb_s()           # measured (or re-measured when stale) while no visitor competes

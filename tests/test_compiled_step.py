@@ -1,0 +1,103 @@
+"""The compiled one-token step (playground/compiled_step.py) decodes what the eager step decodes, on a
+tiny float32 llama (one real compilation: ~20 s cold on 2 cores, seconds from torch's disk cache)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from playground import compiled_step, kv_cache, lean_forward
+from playground.kv_cache import GrowingCache
+
+from conftest import build_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_tiny_llama(seed=11, layers=2).to(torch.float32)
+
+
+@pytest.fixture(scope="module")
+def step(model):
+    step = compiled_step.prepare(model)
+    assert step is not None and step.ready, "the step did not compile (is a C++ compiler installed?)"
+    return step
+
+
+def greedy(model, prompt: list[int], steps: int, compiled: bool) -> tuple[list[int], torch.Tensor, GrowingCache]:
+    """Greedy tokens through lean_forward, the last logits (V,) and the cache left behind."""
+    cache = GrowingCache(model.config)
+    with torch.inference_mode(), (compiled_step.paused(model) if not compiled else torch.inference_mode()):
+        logits = lean_forward.forward(model, torch.tensor([prompt]), cache).logits[0, -1]
+        tokens = []
+        for _ in range(steps):
+            tokens.append(int(logits.argmax()))
+            logits = lean_forward.forward(model, torch.tensor([[tokens[-1]]]), cache).logits[0, -1]
+    return tokens, logits, cache
+
+
+def count_calls(step, monkeypatch) -> list[int]:
+    calls = [0]
+    fn = step.fn
+
+    def counted(*args):
+        calls[0] += 1
+        return fn(*args)
+    monkeypatch.setattr(step, "fn", counted)
+    return calls
+
+
+def test_compiled_decoding_equals_eager_across_buffer_regrowth(model, step, monkeypatch):
+    monkeypatch.setattr(kv_cache, "SPARE", 4)           # buffers re-made (new capacities) during the run
+    calls = count_calls(step, monkeypatch)
+    eager_tokens, eager_logits, eager_cache = greedy(model, [5, 9, 2, 40, 7], 60, compiled=False)
+    assert calls[0] == 0
+    tokens, logits, cache = greedy(model, [5, 9, 2, 40, 7], 60, compiled=True)
+    assert calls[0] == 60                                # every step after the prompt went through the graph
+    assert tokens == eager_tokens
+    torch.testing.assert_close(logits, eager_logits, atol=1e-5, rtol=1e-5)
+    for ours, theirs in zip(cache.layers, eager_cache.layers):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
+
+
+def test_only_the_plain_one_token_step_is_compiled(model, step, monkeypatch):
+    calls = count_calls(step, monkeypatch)
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.inference_mode():
+        lean_forward.forward(model, ids, DynamicCache(config=model.config))         # no buffers to write into
+        cache = GrowingCache(model.config)
+        lean_forward.forward(model, ids, cache)                                      # a prompt
+        lean_forward.forward(model, torch.tensor([[6, 7]]), cache)                   # a chain
+        lean_forward.forward(model, torch.tensor([[8]]), cache, position_ids=torch.tensor([[9]]))
+        lean_forward.forward(model, torch.tensor([[8]]), cache, output_hidden_states=True)
+        assert calls[0] == 0
+        lean_forward.forward(model, torch.tensor([[8]]), cache)
+        assert calls[0] == 1
+
+
+def test_each_model_runs_its_own_graph(model, step):
+    """Two models of different shapes, each compiled: neither runs on the other's graph (the graphs
+    have no guards, so sharing one would fail or compute garbage)."""
+    other = build_tiny_llama(seed=14, layers=3, vocab=80).to(torch.float32)
+    assert compiled_step.prepare(other) is not None
+    for each in (model, other):
+        assert greedy(each, [3, 1, 4, 1, 5], 12, compiled=True)[0] == greedy(each, [3, 1, 4, 1, 5], 12, compiled=False)[0]
+
+
+def test_a_failed_compile_leaves_the_eager_step(monkeypatch):
+    other = build_tiny_llama(seed=12, layers=1).to(torch.float32)
+
+    def broken(self):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(compiled_step.CompiledStep, "compile", broken)
+    assert compiled_step.prepare(other) is None and compiled_step.for_model(other) is None
+    with torch.inference_mode():
+        cache = GrowingCache(other.config)
+        lean_forward.forward(other, torch.tensor([[3, 4]]), cache)
+        assert lean_forward.forward(other, torch.tensor([[5]]), cache).logits.shape == (1, 1, 96)
+
+
+def test_float64_models_are_not_compiled():
+    assert compiled_step.prepare(build_tiny_llama(seed=13, layers=1)) is None
