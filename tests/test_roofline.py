@@ -14,16 +14,19 @@ def test_floor_and_share_on_hand_numbers(monkeypatch):
     params = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}   # tied weights once
     monkeypatch.setattr(roofline, "machine_bandwidth_gb_s", lambda: 2.0)
     monkeypatch.setattr(roofline, "step_seconds", lambda model, context, lean: 0.004 if lean else 0.008)
+    monkeypatch.setattr(roofline, "products_seconds", lambda model: 0.002)
     result = roofline.report(model)
     floor_s = sum(params.values()) / 2.0e9
     assert result["weight_mb"] == pytest.approx(sum(params.values()) / 1e6)
     assert result["floor_ms"] == pytest.approx(floor_s * 1e3)
     shares = {(s["context"], s["path"]): s["of_roofline"] for s in result["steps"]}
     assert shares == {(32, "ours"): pytest.approx(floor_s / 0.004), (32, "transformers"): pytest.approx(floor_s / 0.008),
-                      (640, "ours"): pytest.approx(floor_s / 0.004), (640, "transformers"): pytest.approx(floor_s / 0.008)}
+                      (640, "ours"): pytest.approx(floor_s / 0.004), (640, "transformers"): pytest.approx(floor_s / 0.008),
+                      (0, "products only"): pytest.approx(floor_s / 0.002)}
 
 
 def test_step_seconds_times_real_passes():
     model = build_tiny_llama(seed=1, layers=2)
     assert 0 < roofline.step_seconds(model, 8, lean=True, steps=3) < 5
     assert 0 < roofline.step_seconds(model, 8, lean=False, steps=3) < 5
+    assert 0 < roofline.products_seconds(model, steps=3) < 5

@@ -10,11 +10,12 @@ at the top of every `bench` report.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 from transformers import DynamicCache
 
-from .. import lean_forward
+from .. import compiled_step, cpu_linear, lean_forward
 from ..kv_cache import GrowingCache
 from ..decoding import weight_bytes
 from ..hardware import machine_bandwidth_gb_s
@@ -39,16 +40,43 @@ def step_seconds(model, context: int, lean: bool, steps: int = 24) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def products_seconds(model, steps: int = 24) -> float:
+    """Median seconds of the step's weight products alone (every layer's and the head's, one row each,
+    through the kernel the step uses): what reading the weights costs through it, without the rest."""
+    weights = [w for plan in lean_forward.layer_plans(model.model) for w, _ in (plan.qkv, plan.o, plan.gate_up, plan.down)]
+    weights.append(model.lm_head.weight)
+    rows = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=w.dtype) for w in weights}
+    times = []
+    with torch.inference_mode():
+        for step in range(steps + 2):
+            start = time.perf_counter()
+            for weight in weights:
+                cpu_linear.linear(rows[weight.shape[1]], weight)
+            if step >= 2:
+                times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def report(model) -> dict:
-    """{"weight_mb", "bandwidth_gb_s", "floor_ms", "steps": [{"context", "path", "ms", "of_roofline"}]}."""
+    """{"weight_mb", "bandwidth_gb_s", "floor_ms", "steps": [{"context", "path", "ms", "of_roofline"}]}:
+    our step compiled (where compiled_step.prepare made it) and eager, transformers' call, and the
+    weight products alone."""
     gb_s = machine_bandwidth_gb_s()
     floor = weight_bytes(model) / (gb_s * 1e9)
-    paths = [("ours", True)] + ([("transformers", False)] if lean_forward.supports(model) else [])
+    lean = lean_forward.supports(model)
+    paths = [("ours", lean, False)]
+    if compiled_step.for_model(model) is not None:
+        paths = [("ours, compiled", True, False), ("ours, eager", True, True)]
+    paths += [("transformers", False, False)] if lean else []
     steps = []
     for context in CONTEXTS:
-        for name, lean in paths:
-            seconds = step_seconds(model, context, lean and lean_forward.supports(model))
+        for name, through_lean, eager in paths:
+            with compiled_step.paused(model) if eager else nullcontext():
+                seconds = step_seconds(model, context, through_lean)
             steps.append({"context": context, "path": name, "ms": seconds * 1e3, "of_roofline": floor / seconds})
+    if lean:
+        seconds = products_seconds(model)
+        steps.append({"context": 0, "path": "products only", "ms": seconds * 1e3, "of_roofline": floor / seconds})
     return {"weight_mb": weight_bytes(model) / 1e6, "bandwidth_gb_s": gb_s, "floor_ms": floor * 1e3, "steps": steps}
 
 
@@ -56,5 +84,5 @@ def print_roofline(result: dict) -> None:
     print(f"decode step: {result['weight_mb']:.0f} MB of weights at {result['bandwidth_gb_s']:.1f} GB/s "
           f"(measured) = {result['floor_ms']:.1f} ms floor per token")
     for step in result["steps"]:
-        print(f"  {step['path']:>12} forward after {step['context']:4d} tokens: {step['ms']:6.1f} ms "
-              f"= {step['of_roofline']:.0%} of the roofline")
+        where = f"forward after {step['context']:4d} tokens" if step["context"] else "(its weight products alone)"
+        print(f"  {step['path']:>15} {where}: {step['ms']:6.1f} ms = {step['of_roofline']:.0%} of the roofline")
