@@ -36,14 +36,17 @@ class GrowingLayer(DynamicLayer):
                 and self.keys.stride() == buffer.stride() and self.keys.shape[:2] == key_states.shape[:2]
                 and buffer.dtype == key_states.dtype and buffer.device == key_states.device)
 
-    def _regrow(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, needed: int) -> None:
-        batch, heads, _, dim = key_states.shape
+    def _regrow(self, keys_like: torch.Tensor, values_like: torch.Tensor, needed: int) -> None:
+        """New buffers for `needed` rows and room to spare, shaped like the given states, holding the rows
+        kept so far; keys and values become their prefix."""
+        length = self.get_seq_length()
         capacity = max(needed + SPARE, needed * 3 // 2)
-        self.buffers = tuple(torch.empty(batch, heads, capacity, state.shape[-1], dtype=state.dtype,
-                                         device=state.device) for state in (key_states, value_states))
+        self.buffers = tuple(torch.empty(*like.shape[:2], capacity, like.shape[-1], dtype=like.dtype, device=like.device)
+                             for like in (keys_like, values_like))
         if length:
             self.buffers[0][:, :, :length] = self.keys
             self.buffers[1][:, :, :length] = self.values
+        self.keys, self.values = self.buffers[0][:, :, :length], self.buffers[1][:, :, :length]
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         """key_states, value_states (batch, heads, new, head_dim): appended; returns the whole keys and values."""
@@ -52,7 +55,7 @@ class GrowingLayer(DynamicLayer):
         length = self.get_seq_length()
         needed = length + key_states.shape[-2]
         if not self._holds(key_states, needed):
-            self._regrow(key_states, value_states, length, needed)
+            self._regrow(key_states, value_states, needed)
         keys, values = self.buffers
         keys[:, :, length:needed] = key_states
         values[:, :, length:needed] = value_states
@@ -63,9 +66,7 @@ class GrowingLayer(DynamicLayer):
         """Room for `needed` rows, keys and values still the buffers' prefix (the compiled step,
         compiled_step.py, writes its rows straight into the buffers)."""
         if not self._holds(self.keys, needed):
-            self._regrow(self.keys, self.values, self.get_seq_length(), needed)
-            length = self.get_seq_length()
-            self.keys, self.values = self.buffers[0][:, :, :length], self.buffers[1][:, :, :length]
+            self._regrow(self.keys, self.values, needed)
 
     def reset(self) -> None:
         self.buffers = None
