@@ -9,8 +9,8 @@ The cache is the in-place one (kv_cache.py): the step writes its key and value r
 buffer at the step's position and attends over the first length + 1 rows; one compilation with
 symbolic lengths and capacities serves every context length and every run.
 
-Used by lean_forward.forward for the plain one-token pass only (one sequence, no mask, no hidden
-states, float32 on the CPU), and only once `prepare` has compiled it (~1 minute on 2 cores the first
+Used by lean_forward.forward for the plain one-token pass only (one sequence, no mask, no positions,
+float32 on the CPU), and only once `prepare` has compiled it (~1 minute on 2 cores the first
 time, seconds from torch's on-disk cache after that). Logits differ from the eager step by float
 rounding (the fused norms sum in another order): ~1e-4 on logits ~20, like the eager path's own
 one-row and many-row products; tests/test_compiled_step.py checks closeness and the same greedy tokens.
@@ -77,9 +77,12 @@ class CompiledStep:
     def _step(self, token, cos, sin, position, length, keys: list[torch.Tensor], values: list[torch.Tensor]):
         """token (1, 1); cos, sin (1, 1, 1, head_dim) at the step's position; position (1,) long;
         length: any tensor of shape (past + 1,), whose size is the rows attended over; keys[i], values[i]
-        (1, kv heads, capacity, head_dim) layer i's buffers, written at `position`. Returns logits (1, 1, V)."""
+        (1, kv heads, capacity, head_dim) layer i's buffers, written at `position`. Returns logits (1, 1, V) and
+        the hidden states (1, layers + 1, hidden) in transformers' order (the embedding, each layer's output, the
+        last one normalised): ~70 KB written a step, so a pass that asks for them (DEL's logit lens) stays compiled."""
         inner = self.model.model
         x = F.embedding(token, inner.embed_tokens.weight)                       # (1, 1, hidden)
+        hidden = [x]
         rows = length.shape[0]
         for plan, k_buffer, v_buffer in zip(self.plans, keys, values):
             h = F.rms_norm(x, plan.input_norm.weight.shape, plan.input_norm.weight, plan.input_norm.variance_epsilon)
@@ -94,20 +97,23 @@ class CompiledStep:
             h = F.rms_norm(x, plan.post_norm.weight.shape, plan.post_norm.weight, plan.post_norm.variance_epsilon)
             gate, up = self._linear(h, *plan.gate_up).split(plan.gate_out, -1)
             x = x + self._linear(F.silu(gate) * up, *plan.down)
+            hidden.append(x)
         x = F.rms_norm(x, inner.norm.weight.shape, inner.norm.weight, inner.norm.variance_epsilon)
-        return self._linear(x, self.model.lm_head.weight, self.model.lm_head.bias)
+        hidden[-1] = x
+        return self._linear(x, self.model.lm_head.weight, self.model.lm_head.bias), torch.cat(hidden, 1)
 
     def takes(self, input_ids, cache, **kwargs) -> bool:
         """Whether this pass is the plain one-token step the compiled graph computes."""
         return (self.ready and input_ids is not None and tuple(input_ids.shape) == (1, 1)
                 and isinstance(cache, GrowingCache) and torch.get_num_threads() == self.threads
                 and kwargs.get("attention_mask") is None and kwargs.get("position_ids") is None
-                and not kwargs.get("output_hidden_states") and kwargs.get("inputs_embeds") is None
+                and kwargs.get("inputs_embeds") is None
                 and all(type(layer) is GrowingLayer for layer in cache.layers)
                 and len(cache.layers) == len(self.plans))
 
-    def __call__(self, input_ids: torch.Tensor, cache: GrowingCache) -> torch.Tensor:
-        """Logits (1, 1, V) of the step after `cache`, whose layers gain the step's rows."""
+    def __call__(self, input_ids: torch.Tensor, cache: GrowingCache) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Logits (1, 1, V) of the step after `cache`, whose layers gain the step's rows, and the hidden
+        states as transformers gives them (a tuple of layers + 1 tensors (1, 1, hidden))."""
         past = cache.get_seq_length()
         if past == 0:
             raise ValueError("the compiled step continues a cached prompt")
@@ -121,10 +127,10 @@ class CompiledStep:
             torch._dynamo.mark_dynamic(length, 0)
             for buffer in keys + values:
                 torch._dynamo.mark_dynamic(buffer, 2)
-        logits = self.fn(input_ids, cos[:, None], sin[:, None], position, length, keys, values)
+        logits, hidden = self.fn(input_ids, cos[:, None], sin[:, None], position, length, keys, values)
         for layer in cache.layers:
             layer.keys, layer.values = layer.buffers[0][:, :, :past + 1], layer.buffers[1][:, :, :past + 1]
-        return logits
+        return logits, hidden.split(1, 1)
 
     def compile(self) -> float:
         """Compile by running the step on a throw-away cache (two lengths, so the graph is symbolic in

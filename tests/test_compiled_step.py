@@ -71,10 +71,29 @@ def test_only_the_plain_one_token_step_is_compiled(model, step, monkeypatch):
         lean_forward.forward(model, ids, cache)                                      # a prompt
         lean_forward.forward(model, torch.tensor([[6, 7]]), cache)                   # a chain
         lean_forward.forward(model, torch.tensor([[8]]), cache, position_ids=torch.tensor([[9]]))
-        lean_forward.forward(model, torch.tensor([[8]]), cache, output_hidden_states=True)
         assert calls[0] == 0
         lean_forward.forward(model, torch.tensor([[8]]), cache)
         assert calls[0] == 1
+
+
+def test_a_step_that_asks_for_hidden_states_gets_the_eager_ones(model, step, monkeypatch):
+    """DEL's logit lens reads every layer's hidden state on a plain step: the compiled step returns them in
+    transformers' order (embedding, each layer's output, the last normalised), as the eager step does."""
+    calls = count_calls(step, monkeypatch)
+    with torch.inference_mode():
+        caches = [GrowingCache(model.config) for _ in range(2)]
+        outputs = []
+        for cache, compiled in zip(caches, (False, True)):
+            with compiled_step.paused(model) if not compiled else torch.inference_mode():
+                lean_forward.forward(model, torch.tensor([[3, 4, 5]]), cache)
+                outputs.append(lean_forward.forward(model, torch.tensor([[8]]), cache, output_hidden_states=True))
+        assert calls[0] == 1
+        eager, ours = outputs
+        assert len(ours.hidden_states) == len(eager.hidden_states) == model.config.num_hidden_layers + 1
+        for mine, theirs in zip(ours.hidden_states, eager.hidden_states):
+            assert mine.shape == theirs.shape == (1, 1, model.config.hidden_size)
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+        assert lean_forward.forward(model, torch.tensor([[9]]), caches[1]).hidden_states is None
 
 
 def test_each_model_runs_its_own_graph(model, step):

@@ -9,9 +9,11 @@ import torch
 
 from conftest import build_tiny_llama
 from playground.decoding import DecodeSession
-from playground.events import NoticeEvent, TokenEvent, VerifyEvent
+from playground.events import LayerAcceptanceEvent, NoticeEvent, TokenEvent, VerifyEvent
 from strategies.speculative.cost_model import _COSTS, ROUND_WORK, CostModel
-from strategies.speculative.early_exit import EarlyExit, head_in_layers, round_cost
+from strategies.speculative import early_exit
+from strategies.speculative.early_exit import (EarlyExit, head_in_layers, plan, reachable_layers, round_cost,
+                                                verify_in_steps)
 from strategies.speculative.fallback import KEY, PlainFallback, drafting_pays
 from strategies.speculative.loop import Draft, SpeculationLoop
 from strategies.speculative.tree import DraftTree
@@ -182,3 +184,56 @@ def test_del_falls_back_when_even_accepted_drafts_do_not_pay(agreeing_target, ti
     assert all(v.accepted == v.drafted for v in verify)      # after 8 and 16 plain steps
     fell = [e for e in events if isinstance(e, NoticeEvent) and e.key == KEY]
     assert len(fell) == 1 and fell[0].active and "fell back to plain steps" in fell[0].message
+
+
+def test_the_layers_del_reads_are_exactly_those_its_plan_could_choose():
+    """reachable_layers(...) = n: with only layer l agreeing (alpha 1), the plan drafts from it for l <= n and
+    takes a plain step for l = n + 1 (checked through `plan`, not the formula). SmolLM2-135M's shape at
+    pass costs measured here: 15 of its 29 early exits; with DEL's v_d = 1 every one of them."""
+    costs = CostModel()
+    costs.seconds, costs.long, costs.frozen = {1: 1.0, 65: 30.0}, {1: 1.0, 65: 30.0}, True
+    verify = verify_in_steps(costs, 8, 10)
+    for layers, head in ((8, 0.33), (30, 8.0), (12, 2.0)):
+        reach = reachable_layers(layers, head, 8, verify)
+        assert 0 < reach < layers - 1
+        for layer in (reach, reach + 1):
+            alpha = torch.zeros(layers, dtype=torch.float64)
+            alpha[layer - 1] = 1.0
+            assert plan(alpha, head, 8, 0, 0, verify)[0] == (layer if layer == reach else 0)
+        assert reachable_layers(layers, head, 8, None) == layers - 1
+    measured = torch.tensor([1.85, 2.48, 2.48, 2.92, 3.44, 4.01, 4.01, 4.01], dtype=torch.float64)
+    assert reachable_layers(30, 8.0, 8, measured) == 15
+
+
+@pytest.fixture(scope="module")
+def agreeing_deep_target():
+    """agreeing_target with eight layers: every early exit agrees with the full model."""
+    model = build_tiny_llama(seed=0, layers=8)
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return model
+
+
+def test_del_reads_only_reachable_layers_and_decides_as_if_it_read_them_all(agreeing_deep_target, tiny_tokenizer,
+                                                                           unpin, monkeypatch):
+    """At pinned costs where layers 1-4 of 7 could pay, DEL's logit lens reads only those (and the last, its
+    own argmax): the deeper layers are never observed. Every round's exit layer, draft and tokens are what
+    reading every layer gives."""
+    unpin(agreeing_deep_target)
+    prompt = [5, 17, 33, 41, 8]
+    pin_costs(agreeing_deep_target, {1: 1.0, 65: 30.0})
+    runs = []
+    for read_all in (False, True):
+        if read_all:
+            monkeypatch.setattr(early_exit, "reachable_layers", lambda layers, *_: layers - 1)
+        ours, events = run(agreeing_deep_target, tiny_tokenizer, EarlyExit(), prompt, 60)
+        runs.append((ours, [(e.step, e.exit_layer, e.draft_length) for e in events if isinstance(e, LayerAcceptanceEvent)],
+                     [(v.drafted, v.accepted) for v in events if isinstance(v, VerifyEvent)],
+                     [e.samples for e in events if isinstance(e, LayerAcceptanceEvent)][-1]))
+    (tokens, exits, verify, seen), (all_tokens, all_exits, all_verify, all_seen) = runs
+    assert tokens == all_tokens == greedy(agreeing_deep_target, tiny_tokenizer, prompt, max_new=60)
+    assert exits == all_exits and verify == all_verify and any(d for d, _ in verify)
+    assert all(n > 0 for n in seen[:4] + seen[7:]) and seen[4:7] == [0.0] * 3
+    assert all(n > 0 for n in all_seen)

@@ -54,16 +54,34 @@ from .verify import chain_tree, check_sampling, make_warp, probabilities, sampli
 
 # --- per-layer agreement ("shadow tokens") ---------------------------------------------------
 
-def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], final_tokens: torch.Tensor) -> torch.Tensor:
-    """(L, positions) argmax of every layer's early exit at the first `positions` rows (positions =
-    len(final_tokens)). hidden_states[m] for m < L is un-normalised (apply the final norm); the last
-    layer's row is the verification pass's own argmax, `final_tokens`: it is not multiplied again."""
-    positions, layers = len(final_tokens), len(hidden_states) - 1
-    early = torch.stack([h[0, :positions] for h in hidden_states[1:layers]])         # (L-1, n, H)
-    head = model.lm_head            # through the forward's own product kernels (MKL's took 16 ms a read here)
-    with torch.inference_mode():
-        early_tokens = cpu_linear.linear(model.model.norm(early), head.weight, head.bias).argmax(-1)
-    return torch.cat([early_tokens.cpu(), final_tokens.cpu()[None]])   # compared with tokens picked on the CPU
+def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], final_tokens: torch.Tensor,
+                layers: list[int] | None = None) -> torch.Tensor:
+    """(len(layers), positions) argmax of each listed layer's early exit (0-based layer indices; default all)
+    at the first `positions` rows (positions = len(final_tokens)). hidden_states[m] for m < L is
+    un-normalised (apply the final norm); the last layer's row is the verification pass's own argmax,
+    `final_tokens`: it is not multiplied again."""
+    positions, count = len(final_tokens), len(hidden_states) - 1
+    layers = list(range(count)) if layers is None else layers
+    early = [m for m in layers if m < count - 1]
+    rows = [final_tokens.cpu()[None]] if count - 1 in layers else []
+    if early:
+        stacked = torch.stack([hidden_states[m + 1][0, :positions] for m in early])    # (len(early), n, H)
+        head = model.lm_head        # through the forward's own product kernels (MKL's took 16 ms a read here)
+        with torch.inference_mode():
+            rows.insert(0, cpu_linear.linear(model.model.norm(stacked), head.weight, head.bias).argmax(-1).cpu())
+    return torch.cat(rows)            # compared with tokens picked on the CPU
+
+
+def reachable_layers(layers: int, head: float, max_length: int, verify: torch.Tensor | None) -> int:
+    """How many exit layers (1..n) the plan could ever choose: those that beat plain decoding even if every
+    draft were accepted (alpha = 1, where TPL is largest). TPL falls as l grows, so they are a prefix; a
+    deeper layer's agreement can change no decision, and its shadow tokens are not read [ours]: on
+    SmolLM2-135M at this CPU's measured pass costs that is layers 1-15 of 29, half the lens product
+    (~14 ms a read on 2 cores). With DEL's v_d = 1 every layer but the last is reachable."""
+    if max_length < 1:
+        return 0
+    best = tpl_table(torch.ones(layers, dtype=torch.float64), head, max_length, verify)[:layers - 1].max(-1).values
+    return int((best > 1.0 / (layers + head)).sum())
 
 
 class LayerAgreement:
@@ -77,8 +95,9 @@ class LayerAgreement:
         self.version = 0               # observations so far: a plan made from alpha holds until it changes
         self._lists = (None, [], [])   # (version, alpha, seen) as lists, for the events
 
-    def observe(self, matches: torch.Tensor, layers: slice = slice(None)) -> None:
-        """matches (layers, positions) bool, one column per verified position, oldest first."""
+    def observe(self, matches: torch.Tensor, layers: slice | list[int] = slice(None)) -> None:
+        """matches (layers, positions) bool, one column per verified position, oldest first; layers: which
+        layers the rows are (default all)."""
         self.version += 1
         for column in matches.T.double():
             self.hits[layers] = self.decay * self.hits[layers] + column
@@ -258,6 +277,9 @@ class EarlyExit(Strategy):
                           if self.p["count_verify"] and costs.frozen and longest else None)
                 planned = plan(agreement.planning_alpha, head, longest, fixed_layer, fixed_length, verify)
                 tpl = planned[2].max(-1).values.tolist()
+                # the layers whose shadow tokens are read: all where the user fixed (l, d), else those that could pay
+                lens_layers = (list(range(reachable_layers(layers, head, longest, verify))) + [layers - 1]
+                               if automatic else None)
             layer, length, _ = planned
             forced = guard is not None and guard.plain(step) and layer > 0
             if forced:
@@ -268,14 +290,16 @@ class EarlyExit(Strategy):
             drafts, q = self.draft(s, views, layer, length, cache, root, warp, draft_gen)
 
             drafting = layer > 0 or not automatic
-            read_lens = root_logits is None and lens.due(step, drafting)   # the prompt pass kept no hidden states
+            # the prompt pass kept no hidden states; where no layer could pay there is nothing to read
+            read_lens = root_logits is None and lens.due(step, drafting) and lens_layers != [layers - 1]
             if root_logits is None:
                 logits, out = s.forward([root] + drafts, cache, last_only=False, output_hidden_states=read_lens)
                 logits = logits[0]
             else:                                       # a plain first round: its pass was the prompt pass
                 logits, out, root_logits = root_logits[None], None, None
             verdict = verify_chain(logits, drafts, q, warp, s.generator)
-            self.learn(agreement, s.model, out, logits, drafts, verdict.accepted, layer, read_lens, warp is None)
+            self.learn(agreement, s.model, out, logits, drafts, verdict.accepted, layer,
+                       lens_layers if read_lens else False, warp is None)
             lens.after(step, read_lens, drafting)
             alpha, seen = agreement.as_lists()          # after this round's learning
             yield LayerAcceptanceEvent(step=step, alpha=alpha, samples=seen, tpl=tpl,
@@ -326,12 +350,14 @@ class EarlyExit(Strategy):
 
     @staticmethod
     def learn(agreement: LayerAgreement, model, out, logits, drafts: list[int], accepted: int, layer: int,
-              read_lens: bool, greedy: bool) -> None:
-        """Update alpha from the positions whose context was right (up to the first rejection)."""
+              read_lens: list[int] | None | bool, greedy: bool) -> None:
+        """Update alpha from the positions whose context was right (up to the first rejection).
+        read_lens: False (no lens this round), None (every layer's) or the 0-based layers to read."""
         valid = accepted + 1
         target = logits[:valid].argmax(-1)
-        if read_lens:
-            agreement.observe(lens_tokens(model, out.hidden_states, target) == target)
+        if read_lens is not False:
+            agreement.observe(lens_tokens(model, out.hidden_states, target, read_lens) == target,
+                              slice(None) if read_lens is None else read_lens)
         elif greedy and layer and drafts:
             # A greedy draft token IS the drafting layer's shadow token: learn from it for free.
             seen = min(valid, len(drafts))
