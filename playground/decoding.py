@@ -40,6 +40,18 @@ def weight_bytes(model: torch.nn.Module) -> int:
     return known
 
 
+# A token's text is a property of the tokenizer: decoded once per tokenizer and id (a decode is ~30 us,
+# and every token shows its top alternatives' texts).
+_TOKEN_TEXTS: "weakref.WeakKeyDictionary[object, dict[int, str]]" = weakref.WeakKeyDictionary()
+
+
+def _texts_of(tokenizer) -> dict[int, str] | None:
+    try:
+        return _TOKEN_TEXTS.setdefault(tokenizer, {})
+    except TypeError:              # not weak-referenceable: decoded every time
+        return None
+
+
 class DecodeSession:
     def __init__(self, model, tokenizer, prompt_ids: list[int], max_new_tokens: int,
                  eos_ids: set[int], seed: int, draft_model=None, lean: bool | None = None):
@@ -48,6 +60,7 @@ class DecodeSession:
         # The lean forward (lean_forward.py) is the same computation without transformers' per-call overhead.
         self.lean = settings().forward == "lean" if lean is None else lean
         self.tokenizer = tokenizer
+        self._texts = _texts_of(tokenizer)
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.eos_ids = set(eos_ids)
@@ -143,7 +156,12 @@ class DecodeSession:
         return token_id in self.eos_ids
 
     def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        text = self._texts.get(token_id) if self._texts is not None else None
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            if self._texts is not None:
+                self._texts[token_id] = text
+        return text
 
     def _append_text(self, token_id: int) -> str:
         """Text this token adds to the output. Multi-byte characters split over tokens show
@@ -156,11 +174,12 @@ class DecodeSession:
         return piece
 
     def describe(self, token_id: int, logits: torch.Tensor, index: int, logp: torch.Tensor | None = None,
-                 **fields) -> TokenEvent:
+                 probs: torch.Tensor | None = None, **fields) -> TokenEvent:
         """A TokenEvent for `token_id` chosen from `logits` (V,), without committing it. logp (V,): their
-        float64 log-softmax where the caller already has it (a softmax over 49k entries is ~0.1 ms)."""
+        float64 log-softmax where the caller already has it (a softmax over 49k entries is ~0.1 ms), and
+        probs (V,) its exp, likewise."""
         logp = torch.log_softmax(logits.double(), -1) if logp is None else logp
-        probs = logp.exp()
+        probs = logp.exp() if probs is None else probs
         # 0 log 0 = 0: the clamp keeps 0 * -inf from becoming NaN (xlogy does the same, 4x slower here)
         entropy = float(-torch.dot(probs.flatten(), logp.flatten().clamp(min=torch.finfo(logp.dtype).min)))
         top = torch.topk(probs, min(TOP_ALTERNATIVES, probs.shape[-1]))
@@ -169,9 +188,10 @@ class DecodeSession:
         return TokenEvent(index=index, token_id=token_id, text="", logprob=float(logp[token_id]),
                           entropy=entropy, alternatives=alternatives, **fields)
 
-    def commit(self, token_id: int, logits: torch.Tensor, logp: torch.Tensor | None = None, **fields) -> TokenEvent:
+    def commit(self, token_id: int, logits: torch.Tensor, logp: torch.Tensor | None = None,
+               probs: torch.Tensor | None = None, **fields) -> TokenEvent:
         """Append a chosen token to the output and describe it (logits: the distribution it came from)."""
-        return self.emit(self.describe(token_id, logits, len(self.output_ids), logp, **fields))
+        return self.emit(self.describe(token_id, logits, len(self.output_ids), logp, probs, **fields))
 
     def emit(self, event: TokenEvent) -> TokenEvent:
         """Commit a token described earlier (beam search describes candidates before choosing)."""

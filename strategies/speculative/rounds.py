@@ -130,7 +130,8 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
         if warp is not None:
             fields.update(sampled_prob=float(p[node][token]), kept=kept[node])
         # untempered, the rows' log-softmax is the committed token's distribution: computed once
-        yield session.commit(token, logits[node], logp=None if warp else logp[node], **fields)
+        yield session.commit(token, logits[node], logp=None if warp else logp[node], probs=None if warp else p[node],
+                             **fields)
     yield stats.update(len(tree) - 1, verdict.accepted, count)
     return session.is_eos(proposed[count - 1]) or not session.room()
 
