@@ -68,6 +68,10 @@ def test_a_frozen_cost_model_ignores_later_timings_and_reads_the_context():
     assert costs.cost(5, context=32) == pytest.approx(1.2)
     assert costs.cost(5, context=336) == pytest.approx(1.7)             # half way from 32 to 640 tokens
     assert costs.cost(5, context=640) == pytest.approx(2.2)
+    # a round that drafts pays ROUND_WORK (0.1) of a one-token pass more; many sizes at once read the same
+    assert costs.round_costs([1, 5], context=336) == pytest.approx([1.0, 1.8])
+    assert costs.round_costs([5, 1, 11], context=32) == pytest.approx([1.3, 1.0, 1.6])
+    assert costs.round_costs([5, 1], context=944) == pytest.approx([2.8, 1.0])     # extrapolated past 640
     gains = [sum(0.5 ** i for i in range(1, k + 1)) for k in range(11)]   # a copy right half the time
     # short: (1 + gains[k]) / (1 + 0.05 k) is 1.43, 1.59, 1.63, 1.61 for k = 1..4: 3 tokens
     assert best_size(gains, costs, list(range(11)), context=32) == 3

@@ -118,6 +118,7 @@ def frozen_budget(rates: list[float], costs: CostModel, limit: int, context: int
     cost while no tree pays (~0.2 ms a round otherwise, 1 % of a plain step).
     Returns (positions, estimates, budget)."""
     budgets = [b for b in BUDGETS if b <= limit] or [limit]
+    round_costs = costs.round_costs([b + 1 for b in budgets], context)
     nodes = template_nodes(rates)
     positions, values, gain = [], [], 0.0
     best, best_rate = None, 0.0
@@ -126,12 +127,12 @@ def frozen_budget(rates: list[float], costs: CostModel, limit: int, context: int
             positions.append((parent, rank))
             values.append(value)
             gain += value
-        rate = (1 + gain) / costs.round_cost(budget + 1, context)
+        rate = (1 + gain) / round_costs[index]
         if best is None or rate > best_rate:
             best, best_rate = budget, rate
         last = values[-1] if values else max(rates, default=0.0)
-        if all((1 + gain + (b - len(values)) * last) / costs.round_cost(b + 1, context) <= best_rate
-               for b in budgets[index + 1:]):
+        if all((1 + gain + (b - len(values)) * last) / cost <= best_rate
+               for b, cost in zip(budgets[index + 1:], round_costs[index + 1:])):
             break
     return positions[:best], values, best
 
