@@ -357,6 +357,8 @@ class EarlyExit(Strategy):
         """Update alpha from the positions whose context was right (up to the first rejection).
         read_lens: False (no lens this round), None (every layer's) or the 0-based layers to read."""
         valid = accepted + 1
+        if read_lens is False and not (greedy and layer and drafts):
+            return                     # a plain round between lens reads: nothing to learn (skip the argmax)
         target = logits[:valid].argmax(-1)
         if read_lens is not False:
             agreement.observe(lens_tokens(model, out.hidden_states, target, read_lens) == target,
