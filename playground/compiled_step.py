@@ -111,9 +111,9 @@ class CompiledStep:
                 and all(type(layer) is GrowingLayer for layer in cache.layers)
                 and len(cache.layers) == len(self.plans))
 
-    def __call__(self, input_ids: torch.Tensor, cache: GrowingCache) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    def __call__(self, input_ids: torch.Tensor, cache: GrowingCache) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (1, 1, V) of the step after `cache`, whose layers gain the step's rows, and the hidden
-        states as transformers gives them (a tuple of layers + 1 tensors (1, 1, hidden))."""
+        states stacked (1, layers + 1, hidden) in transformers' order."""
         past = cache.get_seq_length()
         if past == 0:
             raise ValueError("the compiled step continues a cached prompt")
@@ -130,7 +130,7 @@ class CompiledStep:
         logits, hidden = self.fn(input_ids, cos[:, None], sin[:, None], position, length, keys, values)
         for layer in cache.layers:
             layer.keys, layer.values = layer.buffers[0][:, :, :past + 1], layer.buffers[1][:, :, :past + 1]
-        return logits, hidden.split(1, 1)
+        return logits, hidden
 
     def compile(self) -> float:
         """Compile by running the step on a throw-away cache (two lengths, so the graph is symbolic in

@@ -176,7 +176,7 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     if step is not None and step.takes(input_ids, cache, attention_mask=attention_mask, position_ids=position_ids,
                                        output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds):
         logits, hidden = step(input_ids, cache)                 # the plain one-token step, compiled
-        return LeanOutput(logits, hidden if output_hidden_states else None)
+        return LeanOutput(logits, hidden.split(1, 1) if output_hidden_states else None)   # a tuple, as transformers
     inner = model.model
     linear = cpu_linear.linear if settings().cpu_linear else F.linear
     if inputs_embeds is not None:

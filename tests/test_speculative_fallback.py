@@ -134,16 +134,20 @@ def test_the_loop_takes_plain_steps_only_when_drafts_cost_more_than_they_commit(
     assert "committed 2.00 tokens for the cost of 2.10 plain steps" in notices[0].message   # 2.0 + 0.1
 
 
-@pytest.fixture(scope="module")
-def agreeing_target():
-    """Four layers of which the last three add nothing to the residual stream: every early exit predicts
-    what the full model does, so DEL drafts from layer 1 and every draft is accepted."""
-    model = build_tiny_llama(seed=0, layers=4)
+def agreeing_llama(layers: int):
+    """A tiny llama whose layers after the first add nothing to the residual stream: every early exit
+    predicts what the full model does, so DEL drafts from layer 1 and every draft is accepted."""
+    model = build_tiny_llama(seed=0, layers=layers)
     with torch.no_grad():
         for layer in model.model.layers[1:]:
             layer.self_attn.o_proj.weight.zero_()
             layer.mlp.down_proj.weight.zero_()
     return model
+
+
+@pytest.fixture(scope="module")
+def agreeing_target():
+    return agreeing_llama(4)
 
 
 def test_del_round_cost_counts_the_verification_and_each_draft_pass(agreeing_target):
@@ -207,13 +211,7 @@ def test_the_layers_del_reads_are_exactly_those_its_plan_could_choose():
 
 @pytest.fixture(scope="module")
 def agreeing_deep_target():
-    """agreeing_target with eight layers: every early exit agrees with the full model."""
-    model = build_tiny_llama(seed=0, layers=8)
-    with torch.no_grad():
-        for layer in model.model.layers[1:]:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    return model
+    return agreeing_llama(8)
 
 
 def test_del_reads_only_reachable_layers_and_decides_as_if_it_read_them_all(agreeing_deep_target, tiny_tokenizer,

@@ -83,15 +83,10 @@ class CostModel:
         return self.cost(n_tokens, context) + extra
 
     def round_costs(self, sizes: list[int], context: int = 0) -> list[float]:
-        """[round_cost(n, context) for n in sizes], in one pass over the remembered curves (Token Recycling
-        asks for a dozen sizes every round, plain rounds included)."""
-        weight = (context - SHORT_CONTEXT) / (LONG_CONTEXT - SHORT_CONTEXT)
-        out = []
-        for n in sizes:
-            short, long = self._curves(n)
-            out.append(short if long is None or context <= SHORT_CONTEXT else max(short, short + weight * (long - short)))
+        """[round_cost(n, context) for n in sizes], with the one-token pass's cost read once (Token
+        Recycling asks for a dozen sizes every round, plain rounds included)."""
         extra = ROUND_WORK * self.cost(1, context)
-        return [cost + extra if n > 1 else cost for n, cost in zip(sizes, out)]
+        return [self.cost(n, context) + (extra if n > 1 else 0.0) for n in sizes]
 
     def _curves(self, n_tokens: int) -> tuple[float, float | None]:
         """Both curves at n_tokens; once frozen, remembered (a method asks for a dozen sizes every round)."""
