@@ -6,7 +6,7 @@ import math
 import pytest
 
 from playground.benchmarks import HELD_OUT, TUNE
-from playground.benchmarks.per_prompt import GENERATE, summarise
+from playground.benchmarks.per_prompt import GENERATE, median_spread, run_order, spread, summarise
 from playground.benchmarks.prompt_file import PromptFileError, parse_line, read_prompts
 from playground.benchmarks.ratios import geomean, speed_ratio
 
@@ -61,12 +61,33 @@ def test_summary_per_category_on_hand_timings():
     best[0, "prompt_lookup"] = {"ids": ids, "tokens": 4, "wall": 0.5, "cpu": 1.0, "passes": 2}
     best[1, "prompt_lookup"] = {"ids": ids, "tokens": 4, "wall": 0.125, "cpu": 2.0, "passes": 1}
     best[2, "prompt_lookup"] = {"ids": [9], "tokens": 1, "wall": 0.5, "cpu": 0.5, "passes": 1}
+    best[0, "prompt_lookup"]["walls"] = [0.6, 0.5, 0.55]        # spread 10 %
+    best[1, "prompt_lookup"]["walls"] = [0.125, 0.25]           # 50 %: the median of two is their mean
     result = summarise(["greedy", "prompt_lookup"], prompts, best, {})
     x = {r["method"]: r for r in result["categories"]["x"]}["prompt_lookup"]
     assert x["x_generate_wall"] == pytest.approx(4.0)                       # geomean(2, 8)
     assert x["x_generate_cpu"] == pytest.approx(math.sqrt(2.0))             # geomean(2, 1)
     assert x["tokens_per_pass"] == pytest.approx(8 / 3)
+    assert x["spread"] == pytest.approx(0.5)                    # the upper median of (10 %, 50 %)
+    assert {r["method"]: r for r in result["categories"]["y"]}["prompt_lookup"]["spread"] is None   # timed once
     whole = {r["method"]: r for r in result["categories"]["all"]}["prompt_lookup"]
     assert whole["x_generate_wall"] == pytest.approx((2 * 8 * 0.5) ** (1 / 3))   # y: 2 tok/s against 4
     assert whole["not_equal"] == ["3"]
     assert result["generate_tokens_per_s"]["all"] == pytest.approx(4.0)
+
+
+def test_every_path_runs_once_in_every_slot_over_as_many_repeats():
+    paths = ["greedy", "prompt_lookup", "generate"]
+    orders = [run_order(paths, r) for r in range(3)]
+    assert orders[0] == paths and orders[1] == ["prompt_lookup", "generate", "greedy"]
+    for slot in range(3):
+        assert sorted(order[slot] for order in orders) == sorted(paths)
+    assert run_order(paths, 3) == paths
+
+
+def test_spread_is_the_median_over_the_best_on_hand_timings():
+    assert spread([1.2, 1.0, 1.1]) == pytest.approx(0.1)
+    assert spread([1.0, 1.1, 1.3, 2.0]) == pytest.approx(0.2)   # even count: the mean of the middle two
+    assert spread([2.0]) is None
+    assert median_spread([[1.0, 1.1, 1.05], [2.0, 3.0, 2.0], [1.0]]) == pytest.approx(0.05)
+    assert median_spread([[1.0]]) is None

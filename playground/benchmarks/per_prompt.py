@@ -1,12 +1,15 @@
 """`bench --prompts FILE.jsonl`: every method against transformers' `generate` greedy, prompt by prompt.
 
-Every path (our methods, `generate`, transformers' own speculative peers) runs on each prompt in
-turn before the next prompt starts, and the whole set is repeated: machine noise hits every path
-alike, and each (prompt, path) keeps its best wall and best CPU time over the repeats (a stall only
-ever adds time). CPU time is the process's (time.process_time: every thread, torch's included): on a
-machine shared with other work it moves less than wall time, so both ratios are reported. A
-method's ratio on a prompt is its speed there over `generate`'s (ratios.py); a category's and the
-whole set's figure is the geometric mean of its prompts' ratios.
+Every path (our methods, `generate`, transformers' own speculative peers) runs on one prompt, all its
+repeats, before the next prompt starts, so a prompt's timings all come from the same minute of the
+machine; each repeat starts one path later in the order (run_order), so no path always runs first
+after another prompt's, or right after the same neighbour. Each (prompt, path) keeps its best wall and
+best CPU time over the repeats (a stall only ever adds time) and its spread (median wall over best:
+how much the machine moved while it ran; with a single repeat, none). CPU time is the process's
+(time.process_time: every thread, torch's included): on a machine shared with other work it moves
+less than wall time, so both ratios are reported. A method's ratio on a prompt is its speed there
+over `generate`'s (ratios.py); a category's and the whole set's figure is the geometric mean of its
+prompts' ratios.
 """
 
 from __future__ import annotations
@@ -29,29 +32,61 @@ def timed(call):
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def run_order(paths: list[str], repeat: int) -> list[str]:
+    """The paths in the order of repeat `repeat` (0-based): rotated by one per repeat, so over len(paths)
+    repeats every path runs once in every slot."""
+    shift = repeat % len(paths)
+    return paths[shift:] + paths[:shift]
+
+
 def measure(loaded, methods: list[str], prompts: list[BenchPrompt], args, peers: dict) -> dict:
-    """best[(prompt index, path)] = {"tokens", "ids", "wall", "cpu", "passes"}; paths: methods, GENERATE, peers."""
+    """best[(prompt index, path)] = {"tokens", "ids", "wall", "cpu", "passes", "walls"}; paths: methods,
+    GENERATE, peers; walls: every repeat's wall time."""
     from ..bench import hf_generate, run_method
+    from ..runner import GenerationRequest, prepare
 
     best: dict = {}
 
     def keep(key, ids, wall, cpu, passes):
         old = best.get(key)
-        best[key] = {"ids": ids, "tokens": len(ids), "passes": passes,
+        best[key] = {"ids": ids, "tokens": len(ids), "passes": passes, "walls": (old["walls"] if old else []) + [wall],
                      "wall": min(wall, old["wall"]) if old else wall, "cpu": min(cpu, old["cpu"]) if old else cpu}
 
-    for _ in range(args.repeats):
-        for i, item in enumerate(prompts):
-            for name in methods:
-                (tokens, metrics, prompt_ids), wall, cpu = timed(
-                    lambda: run_method(loaded, name, item.prompt, args.max_new_tokens))
-                keep((i, name), [t.token_id for t in tokens], wall, cpu, metrics.forward_passes)
-            for path, kwargs in [(GENERATE, {})] + list(peers.items()):
-                with PassCounter(loaded.model) as passes:
-                    (ids, _, _), wall, cpu = timed(
-                        lambda: hf_generate(loaded, prompt_ids, args.max_new_tokens, **kwargs))
-                keep((i, path), ids, wall, cpu, passes.count)   # counted like ours: the prompt's pass included
+    def run(i, item, path, prompt_ids):
+        if path in methods:
+            (tokens, metrics, _), wall, cpu = timed(lambda: run_method(loaded, path, item.prompt, args.max_new_tokens))
+            keep((i, path), [t.token_id for t in tokens], wall, cpu, metrics.forward_passes)
+            return
+        with PassCounter(loaded.model) as passes:
+            (ids, _, _), wall, cpu = timed(
+                lambda: hf_generate(loaded, prompt_ids, args.max_new_tokens, **peers.get(path, {})))
+        keep((i, path), ids, wall, cpu, passes.count)      # counted like ours: the prompt's pass included
+
+    paths = methods + [GENERATE] + list(peers)
+    for i, item in enumerate(prompts):
+        request = GenerationRequest(prompt=item.prompt, strategy=methods[0], max_new_tokens=args.max_new_tokens)
+        prompt_ids = prepare(request, loaded).prompt_ids             # what our methods are fed, for `generate`
+        for repeat in range(args.repeats):
+            for path in run_order(paths, repeat):
+                run(i, item, path, prompt_ids)
     return best
+
+
+def median_spread(timings: list[list[float]]) -> float | None:
+    """The median over prompts of spread(walls) (None where no prompt was timed twice)."""
+    values = sorted(v for v in map(spread, timings) if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def spread(walls: list[float]) -> float | None:
+    """median / best - 1 of one path's wall times on one prompt (None with one timing): how far a typical
+    repeat was from the best one, i.e. how much the machine moved under this measurement."""
+    if len(walls) < 2:
+        return None
+    ordered = sorted(walls)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return median / ordered[0] - 1
 
 
 class PassCounter:
@@ -70,7 +105,8 @@ class PassCounter:
 
 def summarise(methods: list[str], prompts: list[BenchPrompt], best: dict, peers: dict) -> dict:
     """Per category and overall: geomean wall and CPU ratios to generate and to our greedy, tokens
-    per target pass, and which prompts a lossless path did not equal `generate` on."""
+    per target pass, the median spread of its timings, and which prompts a lossless path did not equal
+    `generate` on."""
     paths = methods + list(peers)
     categories = defaultdict(list)
     for i, item in enumerate(prompts):
@@ -95,6 +131,7 @@ def summarise(methods: list[str], prompts: list[BenchPrompt], best: dict, peers:
                 "tokens_per_pass": (sum(best[i, path]["tokens"] for i in indices) / sum(passes)
                                     if None not in passes else None),
                 "not_equal": [prompts[i].label for i in indices if best[i, path]["ids"] != best[i, GENERATE]["ids"]],
+                "spread": median_spread([best[i, path].get("walls", []) for i in indices]),
                 "lossless": path in peers or REGISTRY[path].lossless,
             })
     generate_tps = {name: sum(best[i, GENERATE]["tokens"] for i in idx) / sum(best[i, GENERATE]["wall"] for i in idx)
@@ -107,9 +144,13 @@ def print_report(result: dict) -> None:
         count = result["prompts"] if name == "all" else None
         print(f"\n[{name}{f': {count} prompts' if count else ''}] generate greedy "
               f"{result['generate_tokens_per_s'][name]:.2f} tok/s (best wall times)")
-        print(f"{'method':<40}{'x gen wall':>11}{'x gen cpu':>10}{'x greedy':>9}{'tok/pass':>9}  equals generate")
+        print(f"{'method':<40}{'x gen wall':>11}{'x gen cpu':>10}{'x greedy':>9}{'tok/pass':>9}{'spread':>8}"
+              "  equals generate")
         for r in rows:
             equal = "-" if not r["lossless"] else ("yes" if not r["not_equal"] else f"NO on {', '.join(r['not_equal'])}")
             per_pass = f"{r['tokens_per_pass']:>9.2f}" if r["tokens_per_pass"] is not None else f"{'-':>9}"
+            noise = f"{r['spread']:>8.1%}" if r.get("spread") is not None else f"{'-':>8}"
             print(f"{r['method']:<40}{r['x_generate_wall']:>10.2f}x{r['x_generate_cpu']:>9.2f}x"
-                  f"{r['x_greedy_wall']:>8.2f}x{per_pass}  {equal}")
+                  f"{r['x_greedy_wall']:>8.2f}x{per_pass}{noise}  {equal}")
+    print("\nspread: median over the prompts of (median wall time over the repeats / the best one) - 1, "
+          "how much the machine moved while each path ran; a ratio between two paths is only as sure as that.")
