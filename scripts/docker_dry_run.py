@@ -9,7 +9,8 @@ the Dockerfile creates: every `/home/...` path becomes `T/home/...`):
   packages) in `T/usr/local`, first on PATH, standing in for the base image's Python.
 - ARG: the defaults, or `--build-arg` (TORCH_INDEX is unreachable here: pass PyPI's index and pip finds
   the CPU wheel through this machine's pip configuration).
-- RUN as root before USER; `useradd -u N` makes the image's user uid N (an existing account with that
+- RUN as root before USER; `apt-get install P...` is not replayed: each package must be installed on this
+  machine (dpkg), as it will be in the image; `useradd -u N` makes the image's user uid N (an existing account with that
   uid is used as is; else one is created and removed at the end), `-m` its home in T.
 - USER: every later RUN, the CMD and the HEALTHCHECK run as that uid (setpriv), never as root.
 - ENV: set for what follows, `$VAR` expanded as Docker does. WORKDIR: created root-owned when missing,
@@ -188,6 +189,14 @@ class Replay:
                              f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return time.time() - started
 
+    def apt(self, packages: list[str]):
+        """An `apt-get install` is not replayed (it would change this machine's own packages): each package
+        must already be installed here, as the image will have it."""
+        missing = [p for p in packages if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode]
+        if missing:
+            raise SystemExit(f"apt-get install: not replayed, and not installed on this machine: {' '.join(missing)}")
+        self.log("RUN apt-get", packages=packages, note="not replayed: installed on this machine")
+
     def useradd(self, words: list[str]):
         """`useradd [-m] -u N name`: the image's user is uid N; its home is made in the temp folder."""
         uid = int(words[words.index("-u") + 1])
@@ -274,6 +283,9 @@ class Replay:
                 if words and words[0] == "useradd":
                     self.useradd(words)
                     continue
+                if apt_packages(args):
+                    self.apt(apt_packages(args))
+                    continue
                 took = self.run_shell(self.remap(args))
                 self.log("RUN", command=args[:120], uid=self.uid, seconds=round(took, 1))
             elif word == "COPY":
@@ -299,6 +311,22 @@ class Replay:
                 if name != "PATH" and part.startswith(home + "/"):
                     folders.add(part if not Path(part).suffix else str(Path(part).parent))
         return sorted(folders)
+
+
+def apt_packages(script: str) -> list[str]:
+    """The packages a RUN's `apt-get install` names ([] when it installs none)."""
+    packages, installing, previous = [], False, ""
+    for word in shlex.split(script):
+        if word in ("&&", ";", "||"):
+            installing = False
+        elif installing and not word.startswith("-"):
+            packages.append(word)
+        elif word == "install" and previous in ("apt-get", "apt"):
+            installing = True
+        elif previous in ("apt-get", "apt") and word.startswith("-"):
+            word = previous                          # options before the verb: `apt-get -y install`
+        previous = word
+    return packages
 
 
 def serve_and_check(state: dict) -> dict:

@@ -99,3 +99,17 @@ def test_the_build_context_leaves_out_the_venv_git_and_databases():
         assert is_ignored(path), path
     for path in ("app.py", "playground/server.py", "storage/migrations/env.py", "requirements.txt", "Dockerfile"):
         assert not is_ignored(path), path
+
+
+def test_a_cpp_compiler_is_installed_as_root_and_the_step_compiled_at_build():
+    """torch.compile needs a C++ compiler for the decode step (playground/compiled_step.py); the slim base has none."""
+    assert dry.apt_packages("apt-get update && apt-get install -y --no-install-recommends g++ make && rm -rf x") == \
+        ["g++", "make"]
+    assert dry.apt_packages("apt-get -y install g++") == ["g++"]
+    assert dry.apt_packages("pip install torch && apt-get update") == []
+    user_at = next(i for i, (word, _) in enumerate(STEPS) if word == "USER")
+    installs = [i for i, (word, args) in enumerate(STEPS) if word == "RUN" and "g++" in dry.apt_packages(args)]
+    assert installs and installs[0] < user_at                           # apt-get runs as root
+    compiles = [i for i, (word, args) in enumerate(STEPS) if word == "RUN" and "compiled_step.prepare" in args]
+    copied = max(i for i, (word, _) in enumerate(STEPS) if word == "COPY")
+    assert compiles and compiles[0] > copied                            # after the code is in the image
