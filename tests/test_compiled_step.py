@@ -96,6 +96,30 @@ def test_a_step_that_asks_for_hidden_states_gets_the_eager_ones(model, step, mon
         assert lean_forward.forward(model, torch.tensor([[9]]), caches[1]).hidden_states is None
 
 
+def test_after_a_compiled_step_keys_and_values_are_made_when_read(model, step):
+    with torch.inference_mode():
+        cache = GrowingCache(model.config)
+        lean_forward.forward(model, torch.tensor([[3, 4, 5]]), cache)
+        lean_forward.forward(model, torch.tensor([[8]]), cache)
+        layer = cache.layers[-1]
+        assert layer.rows == 4 and cache.get_seq_length() == 4 and layer.rows == 4    # counted without views
+        keys = layer.keys
+        assert layer.rows is None and keys.shape[2] == 4 and keys.data_ptr() == layer.buffers[0].data_ptr()
+        assert layer.values.shape[2] == 4 and layer.values.data_ptr() == layer.buffers[1].data_ptr()
+
+
+def test_the_rotary_table_gives_the_embeddings_own_numbers(model, step):
+    """The step reads cos / sin from a table instead of calling the rotary embedding every step: the same
+    numbers, bit for bit, at every position, also after the table was outgrown and remade."""
+    rotary, like = model.model.rotary_emb, torch.zeros(1)
+    for position in (0, 1, 7, 500, 1023, 1024, 3000):
+        cos, sin = step.rotary(position, like)
+        want_cos, want_sin = rotary(like, torch.tensor([[position]]))
+        assert cos.shape == (1, 1, 1, want_cos.shape[-1])
+        assert torch.equal(cos, want_cos[:, None]) and torch.equal(sin, want_sin[:, None]), position
+    assert step.table[0].shape[0] == 6002                                            # remade twice as long
+
+
 def test_each_model_runs_its_own_graph(model, step):
     """Two models of different shapes, each compiled: neither runs on the other's graph (the graphs
     have no guards, so sharing one would fail or compute garbage)."""
