@@ -283,8 +283,9 @@ class Replay:
                 if words and words[0] == "useradd":
                     self.useradd(words)
                     continue
-                if apt_packages(args):
-                    self.apt(apt_packages(args))
+                packages = apt_packages(args)
+                if packages:
+                    self.apt(packages)
                     continue
                 took = self.run_shell(self.remap(args))
                 self.log("RUN", command=args[:120], uid=self.uid, seconds=round(took, 1))

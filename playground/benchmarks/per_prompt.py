@@ -14,6 +14,7 @@ prompts' ratios.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 
@@ -74,19 +75,14 @@ def measure(loaded, methods: list[str], prompts: list[BenchPrompt], args, peers:
 
 def median_spread(timings: list[list[float]]) -> float | None:
     """The median over prompts of spread(walls) (None where no prompt was timed twice)."""
-    values = sorted(v for v in map(spread, timings) if v is not None)
-    return values[len(values) // 2] if values else None
+    values = [v for v in map(spread, timings) if v is not None]
+    return statistics.median_high(values) if values else None
 
 
 def spread(walls: list[float]) -> float | None:
     """median / best - 1 of one path's wall times on one prompt (None with one timing): how far a typical
     repeat was from the best one, i.e. how much the machine moved under this measurement."""
-    if len(walls) < 2:
-        return None
-    ordered = sorted(walls)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-    return median / ordered[0] - 1
+    return statistics.median(walls) / min(walls) - 1 if len(walls) > 1 else None
 
 
 class PassCounter:
