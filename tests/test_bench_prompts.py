@@ -91,3 +91,36 @@ def test_spread_is_the_median_over_the_best_on_hand_timings():
     assert spread([2.0]) is None
     assert median_spread([[1.0, 1.1, 1.05], [2.0, 3.0, 2.0], [1.0]]) == pytest.approx(0.05)
     assert median_spread([[1.0]]) is None
+
+
+def test_a_paired_ratio_compares_repeats_with_each_other_not_bests():
+    from playground.benchmarks.per_prompt import paired_ratio
+
+    # the machine is 1.5-1.6x slower in repeats 0 and 1 than in repeat 2; the method takes 1.02x greedy's
+    # time in every repeat: paired says 1/1.02 (best-of would too here, but not once a stall hides its fast run)
+    greedy = {"tokens": 10, "walls": [1.5, 1.6, 1.0]}
+    method = {"tokens": 10, "walls": [1.53, 1.632, 1.02]}
+    assert paired_ratio(method, greedy) == pytest.approx(1 / 1.02)
+    # the median, not the mean: one repeat where only the method hit a stall moves nothing
+    stalled = {"tokens": 10, "walls": [1.53, 1.632, 3.0]}
+    assert paired_ratio(stalled, greedy) == pytest.approx(1 / 1.02)
+    assert paired_ratio({"tokens": 20, "walls": [1.0, 1.5]}, {"tokens": 10, "walls": [1.0, 1.5]}) == pytest.approx(2.0)
+    assert paired_ratio(method, {"tokens": 10, "walls": [1.0]}) is None          # not timed in the same repeats
+    assert paired_ratio({"tokens": 10, "walls": [1.0]}, {"tokens": 10, "walls": [1.0]}) is None
+
+
+def test_the_summary_pairs_repeats_against_our_greedy():
+    from playground.benchmarks.prompt_file import BenchPrompt
+
+    prompts = [BenchPrompt("a", "x", "1"), BenchPrompt("b", "x", "2")]
+    best = {}
+    for i in range(2):
+        best[i, GENERATE] = {"ids": [1], "tokens": 1, "wall": 1.0, "cpu": 1.0, "passes": 1, "walls": [1.0, 1.0]}
+        best[i, "greedy"] = {"ids": [1], "tokens": 1, "wall": 1.0, "cpu": 1.0, "passes": 1, "walls": [1.0, 2.0]}
+    best[0, "token_recycling"] = {"ids": [1], "tokens": 1, "wall": 2.0, "cpu": 1.0, "passes": 1, "walls": [2.0, 2.0]}
+    best[1, "token_recycling"] = {"ids": [1], "tokens": 1, "wall": 1.0, "cpu": 1.0, "passes": 1, "walls": [1.0, 2.0]}
+    rows = summarise(["greedy", "token_recycling"], prompts, best, {})["categories"]["x"]
+    tr = {r["method"]: r for r in rows}["token_recycling"]
+    assert tr["x_greedy_wall"] == pytest.approx(math.sqrt(0.5))          # best 2.0 against best 1.0 on prompt a
+    assert tr["x_greedy_paired"] == pytest.approx(math.sqrt(0.75))       # a: median(0.5, 1.0); b: 1.0
+    assert {r["method"]: r for r in rows}["greedy"]["x_greedy_paired"] == pytest.approx(1.0)

@@ -9,7 +9,8 @@ how much the machine moved while it ran; with a single repeat, none). CPU time i
 (time.process_time: every thread, torch's included): on a machine shared with other work it moves
 less than wall time, so both ratios are reported. A method's ratio on a prompt is its speed there
 over `generate`'s (ratios.py); a category's and the whole set's figure is the geometric mean of its
-prompts' ratios.
+prompts' ratios. Against our greedy, also paired (paired_ratio): the median over repeats of the two
+paths' ratio within one repeat, which cancels the machine's drift between minutes.
 """
 
 from __future__ import annotations
@@ -85,6 +86,18 @@ def spread(walls: list[float]) -> float | None:
     return statistics.median(walls) / min(walls) - 1 if len(walls) > 1 else None
 
 
+def paired_ratio(path: dict, ref: dict) -> float | None:
+    """The median over repeats of path's speed over ref's in the SAME repeat (None unless both were timed
+    in every one of two or more repeats). The two ran back to back, so a slow minute of the machine
+    slows both and cancels here, where a best-of ratio can pair one path's fast minute with the other's
+    slow one."""
+    walls, ref_walls = path.get("walls", []), ref.get("walls", [])
+    if len(walls) < 2 or len(walls) != len(ref_walls):
+        return None
+    return statistics.median(speed_ratio(path["tokens"], wall, ref["tokens"], ref_wall)
+                             for wall, ref_wall in zip(walls, ref_walls))
+
+
 class PassCounter:
     """Counts the target's forward calls inside `generate` (a speculative peer's tokens per pass)."""
 
@@ -113,6 +126,10 @@ def summarise(methods: list[str], prompts: list[BenchPrompt], best: dict, peers:
         return [speed_ratio(best[i, path]["tokens"], best[i, path][clock], best[i, ref]["tokens"], best[i, ref][clock])
                 for i in indices]
 
+    def paired(path, indices):
+        values = [paired_ratio(best[i, path], best[i, "greedy"]) for i in indices]
+        return geomean(values) if None not in values else None
+
     rows = {}
     for name, indices in categories.items():
         rows[name] = []
@@ -124,6 +141,7 @@ def summarise(methods: list[str], prompts: list[BenchPrompt], best: dict, peers:
                 "x_generate_cpu": geomean(ratios(path, GENERATE, "cpu", indices)),
                 "x_greedy_wall": geomean(ratios(path, "greedy", "wall", indices)),
                 "x_greedy_cpu": geomean(ratios(path, "greedy", "cpu", indices)),
+                "x_greedy_paired": paired(path, indices),
                 "tokens_per_pass": (sum(best[i, path]["tokens"] for i in indices) / sum(passes)
                                     if None not in passes else None),
                 "not_equal": [prompts[i].label for i in indices if best[i, path]["ids"] != best[i, GENERATE]["ids"]],
@@ -140,13 +158,16 @@ def print_report(result: dict) -> None:
         count = result["prompts"] if name == "all" else None
         print(f"\n[{name}{f': {count} prompts' if count else ''}] generate greedy "
               f"{result['generate_tokens_per_s'][name]:.2f} tok/s (best wall times)")
-        print(f"{'method':<40}{'x gen wall':>11}{'x gen cpu':>10}{'x greedy':>9}{'tok/pass':>9}{'spread':>8}"
-              "  equals generate")
+        print(f"{'method':<40}{'x gen wall':>11}{'x gen cpu':>10}{'x greedy':>9}{'paired':>8}{'tok/pass':>9}"
+              f"{'spread':>8}  equals generate")
         for r in rows:
             equal = "-" if not r["lossless"] else ("yes" if not r["not_equal"] else f"NO on {', '.join(r['not_equal'])}")
             per_pass = f"{r['tokens_per_pass']:>9.2f}" if r["tokens_per_pass"] is not None else f"{'-':>9}"
             noise = f"{r['spread']:>8.1%}" if r.get("spread") is not None else f"{'-':>8}"
+            paired = f"{r['x_greedy_paired']:>7.2f}x" if r.get("x_greedy_paired") is not None else f"{'-':>8}"
             print(f"{r['method']:<40}{r['x_generate_wall']:>10.2f}x{r['x_generate_cpu']:>9.2f}x"
-                  f"{r['x_greedy_wall']:>8.2f}x{per_pass}{noise}  {equal}")
+                  f"{r['x_greedy_wall']:>8.2f}x{paired}{per_pass}{noise}  {equal}")
     print("\nspread: median over the prompts of (median wall time over the repeats / the best one) - 1, "
-          "how much the machine moved while each path ran; a ratio between two paths is only as sure as that.")
+          "how much the machine moved while each path ran; a ratio between two paths is only as sure as that."
+          "\npaired: x our greedy as the median over the repeats of the two paths' ratio within one repeat (they ran "
+          "back to back), whose drifts cancel; x greedy divides each path's best time.")
