@@ -22,9 +22,10 @@ from datetime import datetime, timedelta, timezone
 
 import torch
 
+from . import huge_pages
 from .config import settings
 
-CACHE_FILE = "memory-bandwidth-v2.json"  # {key: {"gb_s", "measured_at"}}; v2: copy or read stream, the faster
+CACHE_FILE = "memory-bandwidth-v3.json"  # {key: {"gb_s", "measured_at"}}; v2: copy or read stream, the faster; v3: in 2 MiB pages
 MAX_AGE = timedelta(days=7)
 RECHECK_EVERY_S = 600.0      # an implausible run re-measures at most this often (small models fit in cache)
 
@@ -48,8 +49,8 @@ def _best_seconds(work, rounds: int, repeats: int, pause_s: float) -> float:
 
 def measure_bandwidth_gb_s(n_bytes: int = 256 * 2**20, rounds: int = 3, repeats: int = 4,
                            pause_s: float = 0.05) -> float:
-    src = torch.ones(n_bytes // 4, dtype=torch.float32)
-    dst = torch.empty_like(src)
+    src = huge_pages.empty((n_bytes // 4,), torch.float32).fill_(1.0)     # in 2 MiB pages, as the weights are
+    dst = huge_pages.empty((n_bytes // 4,), torch.float32)
     copy_gb_s = 2 * n_bytes / _best_seconds(lambda: dst.copy_(src), rounds, repeats, pause_s) / 1e9
     parts = max(torch.get_num_threads(), 1)
     weight = src.view(parts, -1, 1024)                   # (parts, rows/parts, 1024): one block per core

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from . import huge_pages, lean_forward
 from .config import settings
 from .drafts import parse_truncated, truncated_view
 
@@ -229,9 +230,19 @@ def _load(model_id: str, dtype_name: str) -> LoadedModel:
         log.warning("model %r could not be loaded: %s: %s", model_id, type(exc).__name__, exc)
         raise _unavailable(model_id) from None
     model.eval()
+    lay_out(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.eos_token_id
     return LoadedModel(model_id, model, tokenizer, dtype_name, time.perf_counter() - start)
+
+
+def lay_out(model) -> None:
+    """A CPU model's weights as decode steps read them: stacked where lean_forward stacks them (q | k | v,
+    gate | up), then all in one mapping of 2 MiB pages (huge_pages.py: 5-10 % faster steps)."""
+    tensors = list(model.parameters())
+    if lean_forward.supports(model):
+        tensors += [weight for plan in lean_forward.layer_plans(model.model) for weight, _ in (plan.qkv, plan.gate_up)]
+    huge_pages.place(tensors)
 
 
 # Loaded models, least recently used first. Only whole models count against PLAYGROUND_MODEL_CACHE; a
