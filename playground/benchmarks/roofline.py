@@ -3,8 +3,8 @@
 A one-token pass reads every weight once, so it cannot beat (weight bytes / memory bandwidth): the
 roofline. This times one-token passes after a short and a long context, through our forward
 (playground/lean_forward.py) and through transformers' call, and sets them beside that floor, with
-the bandwidth measured by playground/hardware.py (the faster of a copy and a read stream). Printed
-at the top of every `bench` report.
+the bandwidth measured by playground/hardware.py (the faster of a copy and a read stream) right before
+and after the timings. Printed at the top of every `bench` report.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from transformers import DynamicCache
 from .. import compiled_step, cpu_linear, lean_forward
 from ..kv_cache import GrowingCache
 from ..decoding import weight_bytes
-from ..hardware import machine_bandwidth_gb_s
+from ..hardware import measure_bandwidth_gb_s
 
 CONTEXTS = (32, 640)
 
@@ -60,29 +60,32 @@ def products_seconds(model, steps: int = 24) -> float:
 def report(model) -> dict:
     """{"weight_mb", "bandwidth_gb_s", "floor_ms", "steps": [{"context", "path", "ms", "of_roofline"}]}:
     our step compiled (where compiled_step.prepare made it) and eager, transformers' call, and the
-    weight products alone."""
-    gb_s = machine_bandwidth_gb_s()
-    floor = weight_bytes(model) / (gb_s * 1e9)
+    weight products alone. The bandwidth is measured right before and right after the timings (the
+    faster of the two), not read from the machine's cached figure: on a shared machine it moves by half
+    from one minute to the next, and a floor from another minute put a step at 119 % of it."""
+    before = measure_bandwidth_gb_s()
     lean = lean_forward.supports(model)
     paths = [("ours", lean, False)]
     if compiled_step.for_model(model) is not None:
         paths = [("ours, compiled", True, False), ("ours, eager", True, True)]
     paths += [("transformers", False, False)] if lean else []
-    steps = []
+    timed = []
     for context in CONTEXTS:
         for name, through_lean, eager in paths:
             with compiled_step.paused(model) if eager else nullcontext():
-                seconds = step_seconds(model, context, through_lean)
-            steps.append({"context": context, "path": name, "ms": seconds * 1e3, "of_roofline": floor / seconds})
+                timed.append((context, name, step_seconds(model, context, through_lean)))
     if lean:
-        seconds = products_seconds(model)
-        steps.append({"context": 0, "path": "products only", "ms": seconds * 1e3, "of_roofline": floor / seconds})
+        timed.append((0, "products only", products_seconds(model)))
+    gb_s = max(before, measure_bandwidth_gb_s())
+    floor = weight_bytes(model) / (gb_s * 1e9)
+    steps = [{"context": context, "path": name, "ms": seconds * 1e3, "of_roofline": floor / seconds}
+             for context, name, seconds in timed]
     return {"weight_mb": weight_bytes(model) / 1e6, "bandwidth_gb_s": gb_s, "floor_ms": floor * 1e3, "steps": steps}
 
 
 def print_roofline(result: dict) -> None:
     print(f"decode step: {result['weight_mb']:.0f} MB of weights at {result['bandwidth_gb_s']:.1f} GB/s "
-          f"(measured) = {result['floor_ms']:.1f} ms floor per token")
+          f"(measured before and after the timings, the faster) = {result['floor_ms']:.1f} ms floor per token")
     for step in result["steps"]:
         where = f"forward after {step['context']:4d} tokens" if step["context"] else "(its weight products alone)"
         print(f"  {step['path']:>15} {where}: {step['ms']:6.1f} ms = {step['of_roofline']:.0%} of the roofline")
