@@ -7,9 +7,10 @@ without asking, and a model loaded from safetensors reads its weights from the f
 `place` copies a loaded model's weights (models.py: after lean_forward has stacked them) into one mapping
 that asked, and `empty` makes such memory for other large buffers (the bandwidth measurement's).
 
-Measured on the 2-core test machine, the embedded model's 121 weight products of a decode step, A/B in
-one process, four rounds: 17.0-18.8 ms in 2 MiB pages against 18.0-20.0 ms in 4 KiB pages (5-8 % less);
-a copy streams 37 against 35 GB/s. The same numbers: the same kernel over the same bytes (a product's
+Measured on the 2-core test machine, A/B in one process (two loads of the embedded model): the compiled
+decode step after 32 tokens 12.4-17.7 ms in 2 MiB pages against 14.8-19.0 ms in 4 KiB pages, pair by
+pair 5-16 % less; its 121 weight products alone 0.5-15 % less; a copy streams ~6 % faster (37 against
+35 GB/s in a slow minute), and hardware.py measures the bandwidth in such pages too. The same numbers: the same kernel over the same bytes (a product's
 sums may round differently by its weight's alignment, as between any two allocations).
 Where the kernel gives no huge pages (THP off, not Linux), the memory is plain memory.
 """
