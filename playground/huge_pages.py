@@ -10,13 +10,15 @@ that asked, and `empty` makes such memory for other large buffers (the bandwidth
 Measured on the 2-core test machine, A/B in one process (two loads of the embedded model): the compiled
 decode step after 32 tokens 12.4-17.7 ms in 2 MiB pages against 14.8-19.0 ms in 4 KiB pages, pair by
 pair 5-16 % less; its 121 weight products alone 0.5-15 % less; a copy streams ~6 % faster (37 against
-35 GB/s in a slow minute), and hardware.py measures the bandwidth in such pages too. The same numbers: the same kernel over the same bytes (a product's
-sums may round differently by its weight's alignment, as between any two allocations).
-Where the kernel gives no huge pages (THP off, not Linux), the memory is plain memory.
+35 GB/s in a slow minute), and hardware.py measures the bandwidth in such pages too. The same numbers:
+the same kernel over the same bytes (a product's sums may round differently by its weight's alignment,
+as between any two allocations). Where the kernel gives no huge pages (THP off, not Linux), the memory
+is plain memory.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Iterable
 
@@ -41,14 +43,11 @@ def empty_bytes(nbytes: int) -> torch.Tensor:
     return torch.frombuffer(region, dtype=torch.uint8, offset=start, count=nbytes)
 
 
-def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
-    """torch.empty(shape, dtype=, device=), in 2 MiB pages for a CPU tensor of MIN_BYTES or more."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    nbytes = numel * dtype.itemsize
-    if torch.device(device).type != "cpu" or nbytes < MIN_BYTES:
-        return torch.empty(shape, dtype=dtype, device=device)
+def empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty(shape, dtype=) on the CPU, in 2 MiB pages from MIN_BYTES up."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < MIN_BYTES:
+        return torch.empty(shape, dtype=dtype)
     return empty_bytes(nbytes).view(dtype).view(shape)
 
 
@@ -59,45 +58,21 @@ def place(tensors: Iterable[torch.Tensor]) -> int:
     still share it and every holder of those tensor objects sees the move. A storage none of `tensors`
     still holds is freed as usual; give every tensor of a storage, or the rest keep the old copy.
     Returns the bytes moved."""
-    by_storage: dict[int, list[torch.Tensor]] = {}
+    groups: dict[int, tuple[torch.UntypedStorage, dict[int, torch.Tensor]]] = {}   # storage address -> (it, its tensors by id)
     for tensor in tensors:
-        if tensor.device.type == "cpu" and tensor.untyped_storage().nbytes() >= PLACED_BYTES:
-            group = by_storage.setdefault(tensor.untyped_storage().data_ptr(), [])
-            if not any(t is tensor for t in group):
-                group.append(tensor)
-    sizes = [-(-group[0].untyped_storage().nbytes() // ALIGN) * ALIGN for group in by_storage.values()]
-    if not sizes:
+        storage = tensor.untyped_storage()
+        if tensor.device.type == "cpu" and storage.nbytes() >= PLACED_BYTES:
+            groups.setdefault(storage.data_ptr(), (storage, {}))[1][id(tensor)] = tensor
+    if not groups:
         return 0
-    moved = sum(group[0].untyped_storage().nbytes() for group in by_storage.values())
-    region = empty_bytes(sum(sizes))
+    sizes = [-(-storage.nbytes() // ALIGN) * ALIGN for storage, _ in groups.values()]
+    region = empty_bytes(sum(sizes)).untyped_storage()      # the mapping's storage starts at its first byte
     offset = 0
     with torch.no_grad():
-        for group, size in zip(by_storage.values(), sizes):
-            old = group[0].untyped_storage()
-            new = region[offset:offset + old.nbytes()]
-            new.copy_(torch.empty(0, dtype=torch.uint8).set_(old, 0, (old.nbytes(),), (1,)))
-            for tensor in group:          # element offsets: ALIGN is a multiple of every dtype's size
+        for (old, group), size in zip(groups.values(), sizes):
+            region[offset:offset + old.nbytes()].copy_(old)
+            for tensor in group.values():      # element offsets: ALIGN is a multiple of every dtype's size
                 tensor.data = torch.empty(0, dtype=tensor.dtype).set_(
-                    region.untyped_storage(), (offset + region.storage_offset()) // tensor.element_size()
-                    + tensor.storage_offset(), tensor.shape, tensor.stride())
+                    region, offset // tensor.element_size() + tensor.storage_offset(), tensor.shape, tensor.stride())
             offset += size
-    return moved
-
-
-def advised(tensor: torch.Tensor) -> bool:
-    """Whether the mapping holding `tensor` asked for huge pages ("hg" among its VmFlags in
-    /proc/self/smaps; False where there is no such file)."""
-    address = tensor.data_ptr()
-    try:
-        lines = open("/proc/self/smaps").read().splitlines()
-    except OSError:
-        return False
-    inside = False
-    for line in lines:
-        head = line.split(" ", 1)[0]
-        if "-" in head and ":" not in head:            # a mapping's first line: "start-end perms ..."
-            start, end = (int(part, 16) for part in head.split("-"))
-            inside = start <= address < end
-        elif inside and line.startswith("VmFlags:"):
-            return "hg" in line.split()
-    return False
+    return sum(storage.nbytes() for storage, _ in groups.values())
