@@ -134,12 +134,16 @@ class DecodeSession:
         # masks and positions are built on the CPU by the methods; the model may sit on a GPU (models.py)
         kwargs = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in kwargs.items()}
         logits_to_keep = kwargs.pop("logits_to_keep", 1 if last_only else 0)   # the last n rows only, if asked
+        # hidden_rows=n: out.hidden_states[-1] holds (at least) the last n rows of the final, normalised, state
+        hidden_rows = kwargs.pop("hidden_rows", 0)
         with torch.inference_mode():
             if self.lean and lean_forward.supports(model):
-                out = lean_forward.forward(model, input_ids, cache, logits_to_keep=logits_to_keep, **kwargs)
+                out = lean_forward.forward(model, input_ids, cache, logits_to_keep=logits_to_keep,
+                                           hidden_rows=hidden_rows, **kwargs)
             else:
                 out = model(input_ids=input_ids, cache=cache, use_cache=cache is not None,
-                            logits_to_keep=logits_to_keep, **kwargs)
+                            logits_to_keep=logits_to_keep, **({"output_hidden_states": True} if hidden_rows else {}),
+                            **kwargs)
         logits = out.logits[:, -1] if last_only else out.logits
         return logits.cpu(), out     # methods pick tokens on the CPU (their seeded generators live there); no copy on a CPU
 

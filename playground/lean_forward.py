@@ -167,16 +167,20 @@ def attention(linear, plan: LayerPlan, x, cos, sin, cache, mask):
 def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
             output_hidden_states: bool = False, inputs_embeds: torch.Tensor | None = None,
-            **_) -> LeanOutput:
+            hidden_rows: int = 0, **_) -> LeanOutput:
     """The transformers call `model(input_ids, cache=, attention_mask=<4-D additive>, position_ids=,
     logits_to_keep=, output_hidden_states=)`, straight through. Hidden states follow transformers'
     convention: embeddings, each layer's un-normalised output, and the last one normalised.
-    `inputs_embeds` (batch, n, hidden), with input_ids None, replaces the embedding look-up."""
+    `inputs_embeds` (batch, n, hidden), with input_ids None, replaces the embedding look-up.
+    `hidden_rows` n > 0 without output_hidden_states: hidden_states is just (the last n rows of the last,
+    normalised, state,): what an LM head would read there, without holding every layer's rows."""
     step = compiled_step.for_model(model) if cache is not None else None
     if step is not None and step.takes(input_ids, cache, attention_mask=attention_mask, position_ids=position_ids,
                                        output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds):
         logits, hidden = step(input_ids, cache)                 # the plain one-token step, compiled
-        return LeanOutput(logits, hidden.split(1, 1) if output_hidden_states else None)   # a tuple, as transformers
+        if output_hidden_states:
+            return LeanOutput(logits, hidden.split(1, 1))       # a tuple, as transformers
+        return LeanOutput(logits, (hidden[:, -1:],) if hidden_rows else None)   # the one row: the last, normalised
     inner = model.model
     linear = cpu_linear.linear if settings().cpu_linear else F.linear
     if inputs_embeds is not None:
@@ -201,6 +205,8 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     x = rms_norm(inner.norm, x)
     if hidden is not None:
         hidden[-1] = x
+    if hidden is None and hidden_rows:
+        hidden = [x[:, -hidden_rows:]]
     head = model.lm_head
     logits = linear(x[:, -logits_to_keep:] if logits_to_keep else x, head.weight, head.bias)
     return LeanOutput(logits, tuple(hidden) if hidden is not None else None)

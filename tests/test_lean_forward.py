@@ -83,6 +83,20 @@ def test_batches_and_last_logits_match(model):
     torch.testing.assert_close(lean.logits, ref.logits, atol=1e-10, rtol=0)
 
 
+def test_hidden_rows_are_the_last_normalised_states_the_head_reads(model):
+    """hidden_rows=n (Token Recycling's held prompt rows): only the last n rows of the last, normalised,
+    state, transformers' hidden_states[-1] there, and the head over them gives those rows' logits."""
+    ids = torch.tensor([[5, 9, 2, 40, 17]])
+    ref, lean, *_ = both(model, ids, output_hidden_states=True)
+    with torch.inference_mode():
+        held = lean_forward.forward(model, ids, DynamicCache(config=model.config), logits_to_keep=1, hidden_rows=3)
+        head = model.lm_head(held.hidden_states[0])
+    assert len(held.hidden_states) == 1 and held.hidden_states[0].shape == (1, 3, model.config.hidden_size)
+    torch.testing.assert_close(held.hidden_states[0], ref.hidden_states[-1][:, -3:], atol=1e-10, rtol=0)
+    torch.testing.assert_close(head, ref.logits[:, -3:], atol=1e-10, rtol=0)
+    assert held.logits.shape == (1, 1, model.config.vocab_size)
+
+
 def test_truncated_view_matches(model):
     view = truncated_view(model, 2)
     ids = torch.tensor([[5, 9, 2, 40]])

@@ -202,6 +202,7 @@ def test_token_recycling_warm_starts_from_the_prompt(tiny_model, tiny_tokenizer)
     session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 1, set(), 0)
     strategy = REGISTRY["token_recycling"](top_k=3)
     list(strategy.decode(session))
+    strategy.warm_up_matrix()                       # held back until a tree is grown: written now
     for i, token in enumerate(prompt):
         expected = sequential_logits(tiny_model, prompt[: i + 1]).topk(3).indices.tolist()
         assert strategy.matrix[token].tolist() == expected

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from playground.decoding import DecodeSession
-from playground.events import VerifyEvent
+from playground.events import TokenEvent, VerifyEvent
 from strategies import REGISTRY
 from strategies.speculative.cost_model import CostModel, best_size
 from strategies.speculative.prompt_lookup import CopyRates, copy_outcome, suffix_lookup
@@ -120,6 +120,7 @@ def test_token_recycling_warms_from_the_latest_prompt_rows(tiny_model, tiny_toke
     session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 1, set(), 0)
     strategy = REGISTRY["token_recycling"](top_k=3)
     list(strategy.decode(session))
+    strategy.warm_up_matrix()                       # held back until a tree is grown: written now
     last = {}
     for i in range(len(prompt) - 1 - WARM_ROWS, len(prompt) - 1):
         last[prompt[i]] = i                                             # a later occurrence overwrites
@@ -127,6 +128,46 @@ def test_token_recycling_warms_from_the_latest_prompt_rows(tiny_model, tiny_toke
         assert strategy.matrix[token].tolist() == sequential_logits(tiny_model, prompt[:i + 1]).topk(3).indices.tolist()
     ours = run(tiny_model, tiny_tokenizer, "token_recycling", prompt, max_new=12)[0]
     assert ours == greedy(tiny_model, tiny_tokenizer, prompt, max_new=12)
+
+
+def test_token_recycling_holds_its_prompt_rows_back_until_a_tree_is_grown(tiny_model, tiny_tokenizer):
+    """The prompt rows cost an LM-head pass over up to WARM_ROWS positions, so they enter M only when a
+    tree is grown: without one, M holds only what rounds wrote; a row a round wrote is never overwritten
+    by the older prompt row; a root whose row is held back is not counted in the rank statistics."""
+    from test_speculative_greedy import sequential_logits
+
+    prompt = [(5 * i) % 40 + 3 for i in range(30)]
+    session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 12, set(), 0)
+    plain = REGISTRY["token_recycling"](top_k=3, max_nodes=0, adaptive=False)      # never a tree
+    out = [e.token_id for e in plain.decode(session) if isinstance(e, TokenEvent)]
+    written = {prompt[-1], *out[:-1]}                       # every round's root
+    assert {int(t) for t in plain.matrix[:, 0].nonzero()} <= written
+    assert plain.held and not set(plain.held) & written
+    assert plain.hits.trials == 4.0 + sum(root not in set(prompt[:-1]) or written_before
+                                          for root, written_before in _roots_and_written(prompt, out))
+
+    session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 1, set(), 0)
+    strategy = REGISTRY["token_recycling"](top_k=3, max_nodes=0, adaptive=False)
+    cache = session.new_cache()
+    root, logits = strategy.prefill(session, cache)
+    assert not strategy.matrix.any()
+    token = prompt[-3]                                      # held; a round now writes its row from other logits
+    other = torch.zeros(1, logits.shape[-1], dtype=logits.dtype)
+    other[0, [7, 8, 9]] = torch.tensor([3.0, 2.0, 1.0], dtype=logits.dtype)
+    strategy.write_rows([token], other)
+    strategy.warm_up_matrix()
+    assert strategy.matrix[token].tolist() == [7, 8, 9]
+    for i in range(len(prompt) - 3, len(prompt) - 6, -1):   # other held rows: the prompt's own, as before
+        if prompt[i] != token and prompt[i] not in prompt[i + 1:-1]:
+            assert strategy.matrix[prompt[i]].tolist() == sequential_logits(tiny_model, prompt[:i + 1]).topk(3).indices.tolist()
+
+
+def _roots_and_written(prompt, out):
+    """Each round's root, and whether a round had written its row before (the first root: none had)."""
+    roots, seen = [prompt[-1]] + out[:-1], set()
+    for root in roots:
+        yield root, root in seen
+        seen.add(root)
 
 
 def test_warm_up_keeps_each_sizes_fastest_pass_over_interleaved_sweeps(tiny_model, tiny_tokenizer, monkeypatch):
