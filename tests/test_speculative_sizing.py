@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from playground.decoding import DecodeSession
-from playground.events import TokenEvent, VerifyEvent
+from playground.events import StatsEvent, TokenEvent, VerifyEvent
 from strategies import REGISTRY
 from strategies.speculative.cost_model import CostModel, best_size
 from strategies.speculative.prompt_lookup import CopyRates, copy_outcome, suffix_lookup
@@ -139,7 +139,11 @@ def test_token_recycling_holds_its_prompt_rows_back_until_a_tree_is_grown(tiny_m
     prompt = [(5 * i) % 40 + 3 for i in range(30)]
     session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 12, set(), 0)
     plain = REGISTRY["token_recycling"](top_k=3, max_nodes=0, adaptive=False)      # never a tree
-    out = [e.token_id for e in plain.decode(session) if isinstance(e, TokenEvent)]
+    events = list(plain.decode(session))
+    out = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    held_shown = [e.values["prompt rows held back"] for e in events if isinstance(e, StatsEvent)
+                  and "prompt rows held back" in e.values]
+    assert held_shown[-1] == len(plain.held) < held_shown[0] <= len(set(prompt[:-1]))
     written = {prompt[-1], *out[:-1]}                       # every round's root
     assert {int(t) for t in plain.matrix[:, 0].nonzero()} <= written
     assert plain.held and not set(plain.held) & written

@@ -189,7 +189,8 @@ class TokenRecycling(SpeculationLoop):
         Param("adaptive", "bool", True, help="Pick the tree size from measured cost and running acceptance; "
                                              "off: always max_nodes."),
         Param("matrix", "choice", "per run", choices=("per run", "shared"),
-              help="per run: M starts empty and is warmed from the prompt (reproducible traces); shared: one M "
+              help="per run: M starts empty and is warmed from the prompt's last 128 positions when the first tree is "
+                   "grown (reproducible traces); shared: one M "
                    "per model, kept hot across runs as in the paper (later runs draft from earlier ones)."),
     )
 
