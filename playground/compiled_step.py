@@ -2,8 +2,10 @@
 
 A one-token step is ~450 small operations (norms, rotary, attention, residuals) between the 121 weight
 products; eagerly each pays Python and dispatcher overhead and a thread fork, about a third of the
-step on a 2-core CPU. Compiled, the operations between products are fused into a few C++ loops, and the
-products stay our row-split batched products (cpu_linear.split_linear) as extern kernels.
+step on a 2-core CPU. Compiled, the operations between products are fused into a few C++ loops, and so
+are the products: torch's compiler turns each one-row product (written here as cpu_linear.split_linear's
+row-split batched product) into its own vectorised reduction loops, one OpenMP region per layer, with
+attention (SDPA) called between regions.
 
 The cache is the in-place one (kv_cache.py): the step writes its key and value rows into each layer's
 buffer at the step's position and attends over the first length + 1 rows; one compilation with
