@@ -262,8 +262,8 @@ class EarlyExit(Strategy):
         agreement = LayerAgreement(layers, self.p["decay"])
         views: dict[int, torch.nn.Module] = {}
         self.cache = cache = s.new_cache()              # exposed for tests: committed minus the root
-        root, first = prefill_with_root(s, cache)       # the root ran in the prompt pass: first[-1] the target after it
-        root_logits, planned, key = first[-1], None, None
+        root, root_logits, _ = prefill_with_root(s, cache)      # the root ran in the prompt pass
+        planned, key = None, None
         stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         lens = LensSchedule(self.p["lens_every"])
         automatic = self.falls_back()          # DEL chooses (l, d) itself

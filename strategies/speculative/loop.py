@@ -69,8 +69,8 @@ class SpeculationLoop(Strategy):
 
     def prefill(self, s, cache) -> tuple[int, torch.Tensor]:
         """Cache the whole prompt; return its last token, the first root, and the target's logits after it (V,)."""
-        root, logits = prefill_with_root(s, cache)
-        return root, logits[-1]
+        root, logits, _ = prefill_with_root(s, cache)
+        return root, logits
 
     def falls_back(self) -> bool:
         """Whether this run may fall back to plain steps when its drafts do not pay (fallback.py): methods

@@ -75,13 +75,14 @@ class PlainStepNotice:
             yield NoticeEvent("drafting", f"drafting again from round {step + 1}", active=False)
 
 
-def prefill_with_root(session, cache, rows: int = 1) -> tuple[int, torch.Tensor]:
+def prefill_with_root(session, cache, hidden_rows: int = 0) -> tuple[int, torch.Tensor, tuple | None]:
     """Cache the WHOLE prompt in one prompt pass: its last token is the first round's root, already run,
     and the pass's last row is the target after it, so a first round without drafts costs no pass of its
     own (the pass greedy makes; caching all but the last token cost one extra weight read per run).
-    Returns (root, logits (rows, V) of the last `rows` prompt positions, the root's last)."""
-    logits, _ = session.forward(session.prompt_ids, cache, last_only=False, logits_to_keep=rows)
-    return session.prompt_ids[-1], logits[0]
+    Returns (root, the target's logits after it (V,), the pass's hidden states: with hidden_rows n, the
+    last of them holds the last n prompt positions' final normalised states; else None)."""
+    logits, out = session.forward(session.prompt_ids, cache, last_only=False, logits_to_keep=1, hidden_rows=hidden_rows)
+    return session.prompt_ids[-1], logits[0, -1], out.hidden_states if hidden_rows else None
 
 
 def tokens_to_commit(session, proposed: list[int]) -> int:

@@ -26,7 +26,7 @@ from playground.events import StatsEvent
 from ..base import Param
 from .cost_model import CostModel, best_size, cost_model_for
 from .loop import Draft, SpeculationLoop
-from .rounds import PlainStepNotice
+from .rounds import PlainStepNotice, prefill_with_root
 from .tree import DraftTree
 
 BUDGETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)   # draft nodes per round (0: a plain greedy step)
@@ -202,23 +202,22 @@ class TokenRecycling(SpeculationLoop):
         the held-out translation prompts, whose answers are 36-77 tokens."""
         k = self.p["top_k"]
         shared = self.p["matrix"] == "shared"
-        vocab = s.model.get_output_embeddings().weight.shape[0]
+        self.head = s.model.get_output_embeddings()
+        vocab = self.head.weight.shape[0]
         # M starts as token 0 everywhere (per run), or is the model's hot shared matrix.
         self.matrix = shared_matrix(s.model, vocab, k) if shared else torch.zeros(vocab, k, dtype=torch.long)
         self.hits = shared_rank_hits(s.model, k) if shared else RankHits(k)
         self.costs, self.notice = cost_model_for(s.model), PlainStepNotice()
-        self.head = s.model.get_output_embeddings()
         # Only the last WARM_ROWS positions before the root: on a 700-token prompt all of them cost ~0.5 s on a
         # CPU, more than the drafts ever saved. The root's own row is the first round's to write (after_round),
         # as every later root's is.
         keep = min(WARM_ROWS, len(s.prompt_ids) - 1)
-        logits, out = s.forward(s.prompt_ids, cache, last_only=False, logits_to_keep=1,
-                                hidden_rows=keep + 1 if keep else 0)
+        root, logits, hidden = prefill_with_root(s, cache, hidden_rows=keep + 1 if keep else 0)
         window = s.prompt_ids[:-1][len(s.prompt_ids) - 1 - keep:]
         self.held = {token: i for i, token in enumerate(window)}                 # a later occurrence wins
-        self.held_states = out.hidden_states[-1][0, -1 - keep:-1].clone() if keep else None   # (keep, hidden)
+        self.held_states = hidden[-1][0, -1 - keep:-1].clone() if keep else None   # (keep, hidden)
         self.warm_rows = int(self.matrix[:, 0].count_nonzero())     # then kept by refresh_rows' counts
-        return s.prompt_ids[-1], logits[0, -1]
+        return root, logits
 
     def warm_up_matrix(self) -> None:
         """Write the held prompt rows into M: the top-k of the target's logits after each held token (its
