@@ -1,4 +1,5 @@
-"""A compiled one-token decode step, as gpt-fast compiles its own: torch.compile over the whole step.
+"""A compiled decode step, as gpt-fast compiles its own: torch.compile over the whole step; and a compiled
+verification pass, the same layers over a few tokens with a mask (a draft's chain or tree).
 
 A one-token step is ~450 small operations (norms, rotary, attention, residuals) between the 121 weight
 products; eagerly each pays Python and dispatcher overhead and a thread fork, about a third of the
@@ -11,9 +12,18 @@ The cache is the in-place one (kv_cache.py): the step writes its key and value r
 buffer at the step's position and attends over the first length + 1 rows; one compilation with
 symbolic lengths and capacities serves every context length and every run.
 
-Used by lean_forward.forward for the plain one-token pass only (one sequence, no mask, no positions,
+Used by lean_forward.forward for the plain one-token pass (one sequence, no mask, no positions,
 float32 on the CPU), and only once `prepare` has compiled it (~1 minute on 2 cores the first
-time, seconds from torch's on-disk cache after that). Logits differ from the eager step by float
+time, seconds from torch's on-disk cache after that).
+
+The verification pass is a second graph, symbolic in its token count (2 to MAX_PASS_ROWS, one compile for
+all): a draft's tokens on top of a cached context, with the method's additive mask and rotary positions
+(a tree's nodes sit at their depths) or, without them, the causal chain. Eagerly such a pass pays the same
+per-operation overhead the eager step does. On the embedded model, same process, best of 5, after 32 / 640
+tokens (ms, compiled vs eager): 2 tokens 22.0 / 28.9 vs 28.5 / 42.6, 4 tokens 33.7 / 43.5 vs 35.4 / 48.3, with the
+one-token step at 18.3 / 23.1. Its products stay torch's batched product (with a symbolic row count the
+compiler calls it rather than writing its own loops), which is why a 2-token pass still costs ~1.2x a step.
+Prompts (an empty cache), batches and bigger passes stay eager. Logits differ from the eager step by float
 rounding (the fused norms sum in another order): ~1e-4 on logits ~20, like the eager path's own
 one-row and many-row products; tests/test_compiled_step.py checks closeness and the same greedy tokens.
 """
@@ -66,10 +76,13 @@ class CompiledStep:
         # Static but for the lengths marked in __call__. Without guards: dynamo's checks of ~260 input tensors
         # cost 0.7 ms a step; the code is this model's own (own_copy), and `takes` admits only the inputs
         # the graph was made for.
-        step = types.MethodType(own_copy(CompiledStep._step), self)
-        self.fn = torch.compile(step, fullgraph=True, options={"guard_filter_fn": torch.compiler.skip_all_guards_unsafe})
+        unguarded = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
+        self.fn = torch.compile(types.MethodType(own_copy(CompiledStep._step), self), fullgraph=True, options=unguarded)
+        self.fn_pass = torch.compile(types.MethodType(own_copy(CompiledStep._pass), self), fullgraph=True,
+                                     options=unguarded)
         self.ready = False
         self.ready_shapes = False
+        self.ready_pass = False      # the verification pass compiled (after the step: `compile`)
         self.compile_s: float | None = None
         # cos / sin by position, (positions, 1, 1, 1, head_dim) each, made at first use (rotary); a rotary
         # embedding that changes with the length (dynamic, longrope: transformers' dynamic_rope_update) is
@@ -86,43 +99,65 @@ class CompiledStep:
         """token (1, 1); cos, sin (1, 1, 1, head_dim) at the step's position; position (1,) long;
         length: any tensor of shape (past + 1,), whose size is the rows attended over; keys[i], values[i]
         (1, kv heads, capacity, head_dim) layer i's buffers, written at `position`. Returns logits (1, 1, V) and
-        the hidden states (1, layers + 1, hidden) in transformers' order (the embedding, each layer's output, the
-        last one normalised): ~70 KB written a step, so a pass that asks for them (DEL's logit lens) stays compiled."""
+        the hidden states (layers + 1, 1, 1, hidden) in transformers' order (the embedding, each layer's output,
+        the last one normalised): ~70 KB written a step, so a pass that asks for them (DEL's logit lens) stays
+        compiled."""
+        return self._layers(token, cos, sin, position, length.shape[0], None, keys, values)
+
+    def _pass(self, tokens, cos, sin, position, mask, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        """tokens (1, n); cos, sin (1, 1, n, head_dim) at each token's rotary position; position (n,) long, the
+        cache rows written (past .. past + n - 1); mask (1, 1, n, past + n) additive; keys, values as `_step`.
+        Returns logits (1, n, V) and the hidden states (layers + 1, 1, n, hidden)."""
+        return self._layers(tokens, cos, sin, position, mask.shape[-1], mask, keys, values)
+
+    def _layers(self, tokens, cos, sin, position, rows, mask, keys, values):
         inner = self.model.model
-        x = F.embedding(token, inner.embed_tokens.weight)                       # (1, 1, hidden)
+        x = F.embedding(tokens, inner.embed_tokens.weight)                      # (1, n, hidden)
+        n = tokens.shape[1]
         hidden = [x]
-        rows = length.shape[0]
         for plan, k_buffer, v_buffer in zip(self.plans, keys, values):
             h = F.rms_norm(x, plan.input_norm.weight.shape, plan.input_norm.weight, plan.input_norm.variance_epsilon)
-            qkv = self._linear(h, *plan.qkv).view(1, 1, -1, plan.head_dim).transpose(1, 2)
+            qkv = self._linear(h, *plan.qkv).view(1, n, -1, plan.head_dim).transpose(1, 2)
             qk = qkv[:, :plan.q_heads + plan.kv_heads]
             qk = qk * cos + lean_forward.rotate_half(qk) * sin
             k_buffer.index_copy_(2, position, qk[:, plan.q_heads:])
             v_buffer.index_copy_(2, position, qkv[:, plan.q_heads + plan.kv_heads:])
             out = F.scaled_dot_product_attention(qk[:, :plan.q_heads], k_buffer[:, :, :rows], v_buffer[:, :, :rows],
-                                                 scale=plan.scaling, enable_gqa=True)   # True with equal heads too: a factor of 1
-            x = x + self._linear(out.transpose(1, 2).reshape(1, 1, -1), *plan.o)
+                                                 attn_mask=mask, scale=plan.scaling,
+                                                 enable_gqa=True)   # True with equal heads too: a factor of 1
+            x = x + self._linear(out.transpose(1, 2).reshape(1, n, -1), *plan.o)
             h = F.rms_norm(x, plan.post_norm.weight.shape, plan.post_norm.weight, plan.post_norm.variance_epsilon)
             gate, up = self._linear(h, *plan.gate_up).split(plan.gate_out, -1)
             x = x + self._linear(F.silu(gate) * up, *plan.down)
             hidden.append(x)
         x = F.rms_norm(x, inner.norm.weight.shape, inner.norm.weight, inner.norm.variance_epsilon)
         hidden[-1] = x
-        return self._linear(x, self.model.lm_head.weight, self.model.lm_head.bias), torch.cat(hidden, 1)
+        return self._linear(x, self.model.lm_head.weight, self.model.lm_head.bias), torch.stack(hidden)
 
     def rotary(self, position: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (1, 1, 1, head_dim) at `position`, `like`'s dtype: rows of a table the model's own rotary
         embedding made once (again, twice as long, when outgrown). The same numbers as calling it for the one
         position (each entry is cos or sin of position * inv_freq, element by element), without its dozen
         operations a step (~0.15 ms)."""
-        rotary = self.model.model.rotary_emb
         if not self.static_rope:
-            cos, sin = rotary(like, torch.tensor([[position]]))
+            cos, sin = self.model.model.rotary_emb(like, torch.tensor([[position]]))
             return cos[:, None], sin[:, None]
-        if self.table is None or self.table[0].shape[0] <= position:
-            cos, sin = rotary(like, torch.arange(max(2 * (position + 1), 1024))[None])     # (1, positions, head_dim)
-            self.table = cos[0, :, None, None, None], sin[0, :, None, None, None]
+        self._grow_table(position, like)
         return self.table[0][position], self.table[1][position]
+
+    def rotary_rows(self, positions: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (1, 1, n, head_dim) at positions (n,) long, from the same table."""
+        if not self.static_rope:
+            cos, sin = self.model.model.rotary_emb(like, positions[None])
+            return cos[:, None], sin[:, None]
+        self._grow_table(int(positions.max()), like)
+        n = positions.shape[0]
+        return self.table[0][positions].view(1, 1, n, -1), self.table[1][positions].view(1, 1, n, -1)
+
+    def _grow_table(self, position: int, like: torch.Tensor) -> None:
+        if self.table is None or self.table[0].shape[0] <= position:
+            cos, sin = self.model.model.rotary_emb(like, torch.arange(max(2 * (position + 1), 1024))[None])
+            self.table = cos[0, :, None, None, None], sin[0, :, None, None, None]     # (positions, 1, 1, 1, head_dim)
 
     def takes(self, input_ids, cache, **kwargs) -> bool:
         """Whether this pass is the plain one-token step the compiled graph computes."""
@@ -133,30 +168,81 @@ class CompiledStep:
                 and all(type(layer) is GrowingLayer for layer in cache.layers)
                 and len(cache.layers) == len(self.plans))
 
+    def takes_pass(self, input_ids, cache, attention_mask=None, position_ids=None, inputs_embeds=None) -> bool:
+        """Whether this pass is a verification pass the second graph computes: 2 to MAX_PASS_ROWS tokens of
+        one sequence on a cached context, with no mask or a (1, 1, n, past + n) one, no positions or (1, n)."""
+        if not (self.ready_pass and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] == 1
+                and 2 <= input_ids.shape[1] <= MAX_PASS_ROWS and inputs_embeds is None
+                and isinstance(cache, GrowingCache) and torch.get_num_threads() == self.threads
+                and len(cache.layers) == len(self.plans) and all(type(layer) is GrowingLayer for layer in cache.layers)):
+            return False
+        n, past = input_ids.shape[1], cache.get_seq_length()
+        return (past > 0 and (position_ids is None or tuple(position_ids.shape) == (1, n))
+                and (attention_mask is None or (tuple(attention_mask.shape) == (1, 1, n, past + n)
+                                                and attention_mask.dtype in (torch.bool, torch.float32))))
+
     def __call__(self, input_ids: torch.Tensor, cache: GrowingCache) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (1, 1, V) of the step after `cache`, whose layers gain the step's rows, and the hidden
-        states stacked (1, layers + 1, hidden) in transformers' order."""
+        states stacked (layers + 1, 1, 1, hidden) in transformers' order."""
+        past = self._reserve(cache, 1)
+        position = torch.tensor([past])
+        cos, sin = self.rotary(past, cache.layers[0].buffers[0])
+        length = torch.empty(past + 1, dtype=torch.int8)
+        keys, values = self._buffers(cache, not self.ready_shapes)
+        if not self.ready_shapes:        # symbolic from the first compile: one graph for every length and capacity
+            torch._dynamo.mark_dynamic(length, 0)
+        logits, hidden = self.fn(input_ids, cos, sin, position, length, keys, values)
+        self._hold(cache, past + 1)
+        return logits, hidden
+
+    def verify(self, input_ids: torch.Tensor, cache: GrowingCache, attention_mask: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pass `takes_pass` admits: logits (1, n, V) and hidden states (layers + 1, 1, n, hidden); the cache
+        gains the n rows. attention_mask additive or boolean (True: may attend), else causal; position_ids
+        the rotary positions, else past .. past + n - 1."""
+        n = input_ids.shape[1]
+        past = self._reserve(cache, n)
+        like = cache.layers[0].buffers[0]
+        position = torch.arange(past, past + n)
+        cos, sin = self.rotary_rows(position if position_ids is None else position_ids[0], like)
+        if attention_mask is None:
+            attention_mask = lean_forward.causal_mask(n, past, like.dtype)
+        attention_mask = lean_forward.additive(attention_mask, like.dtype)
+        first = not self.ready_pass
+        keys, values = self._buffers(cache, first)
+        if first:                        # symbolic in the token count and the context from the first compile
+            for tensor, dims in ((input_ids, (1,)), (cos, (2,)), (sin, (2,)), (position, (0,)), (attention_mask, (2, 3))):
+                for dim in dims:
+                    torch._dynamo.mark_dynamic(tensor, dim)
+        logits, hidden = self.fn_pass(input_ids, cos, sin, position, attention_mask, keys, values)
+        self._hold(cache, past + n)
+        return logits, hidden
+
+    @staticmethod
+    def _reserve(cache: GrowingCache, n: int) -> int:
         past = cache.get_seq_length()
         if past == 0:
             raise ValueError("the compiled step continues a cached prompt")
         for layer in cache.layers:
-            layer.reserve(past + 1)
-        position = torch.tensor([past])
-        cos, sin = self.rotary(past, cache.layers[0].buffers[0])
-        length = torch.empty(past + 1, dtype=torch.int8)
+            layer.reserve(past + n)
+        return past
+
+    @staticmethod
+    def _buffers(cache: GrowingCache, symbolic: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         keys, values = [layer.buffers[0] for layer in cache.layers], [layer.buffers[1] for layer in cache.layers]
-        if not self.ready_shapes:        # symbolic from the first compile: one graph for every length and capacity
-            torch._dynamo.mark_dynamic(length, 0)
+        if symbolic:                     # one graph for every capacity
             for buffer in keys + values:
                 torch._dynamo.mark_dynamic(buffer, 2)
-        logits, hidden = self.fn(input_ids, cos, sin, position, length, keys, values)
+        return keys, values
+
+    @staticmethod
+    def _hold(cache: GrowingCache, rows: int) -> None:
         for layer in cache.layers:
-            layer.rows = past + 1        # keys and values: the buffers' first past + 1 rows, made when read
-        return logits, hidden
+            layer.rows = rows            # keys and values: the buffers' first `rows` rows, made when read
 
     def compile(self) -> float:
-        """Compile by running the step on a throw-away cache (two lengths, so the graph is symbolic in
-        them from the start); returns the seconds it took."""
+        """Compile by running the step and the pass on a throw-away cache (two sizes each, so the graphs
+        are symbolic in them from the start); returns the seconds it took."""
         start = time.perf_counter()
         cache = GrowingCache(self.model.config)
         with torch.inference_mode():
@@ -165,9 +251,17 @@ class CompiledStep:
             for token in (4, 5):
                 self(torch.tensor([[token]]), cache)
                 self.ready_shapes = True
+            for tokens in ([6, 7], [8, 9, 10]):
+                self.verify(torch.tensor([tokens]), cache)
+                self.ready_pass = True
         self.compile_s = time.perf_counter() - start
         return self.compile_s
 
+
+# The biggest pass the second graph takes. Its products stay the row-split batched product, which beyond a few
+# rows loses to the oneDNN product the eager pass then uses (cpu_linear.py): same process, best of 5, after 32 /
+# 640 tokens, compiled vs eager, ms: 8 tokens 47 / 61 vs 51 / 87, but 11 tokens 78 / 103 vs 54 / 82.
+MAX_PASS_ROWS = 8
 
 _STEPS: "weakref.WeakKeyDictionary[torch.nn.Module, CompiledStep]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
@@ -193,7 +287,7 @@ def prepare(model) -> CompiledStep | None:
             except Exception as exc:            # the eager path is always there: a failed compile costs nothing else
                 log.warning("the decode step was not compiled (%s: %s); the eager step is used",
                             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-                step.ready = False
+                step.ready = step.ready_pass = False
                 return None
             log.info("decode step compiled in %.1f s", step.compile_s)
             _STEPS[model] = step
@@ -202,13 +296,13 @@ def prepare(model) -> CompiledStep | None:
 
 @contextmanager
 def paused(model):
-    """The eager step for a while (the roofline report times both)."""
+    """The eager step and pass for a while (the roofline report times both)."""
     step = _STEPS.get(model)
-    was = step is not None and step.ready
+    was = (step.ready, step.ready_pass) if step is not None else None
     if step is not None:
-        step.ready = False
+        step.ready = step.ready_pass = False
     try:
         yield
     finally:
         if step is not None:
-            step.ready = was
+            step.ready, step.ready_pass = was

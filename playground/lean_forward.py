@@ -45,6 +45,13 @@ def supports(model) -> bool:
     return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 
+def additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True: may attend) as the additive one SDPA adds to scores; an additive one unchanged."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def causal_mask(n: int, past: int, dtype: torch.dtype, device=None) -> torch.Tensor:
     """Additive (1, 1, n, past + n) mask: every new token sees the cache and the new tokens up to itself."""
     mask = torch.zeros(n, past + n, dtype=dtype, device=device)
@@ -175,12 +182,16 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     `hidden_rows` n > 0 without output_hidden_states: hidden_states is just (the last n rows of the last,
     normalised, state,): what an LM head would read there, without holding every layer's rows."""
     step = compiled_step.for_model(model) if cache is not None else None
-    if step is not None and step.takes(input_ids, cache, attention_mask=attention_mask, position_ids=position_ids,
-                                       output_hidden_states=output_hidden_states, inputs_embeds=inputs_embeds):
-        logits, hidden = step(input_ids, cache)                 # the plain one-token step, compiled
-        if output_hidden_states:
-            return LeanOutput(logits, hidden.split(1, 1))       # a tuple, as transformers
-        return LeanOutput(logits, (hidden[:, -1:],) if hidden_rows else None)   # the one row: the last, normalised
+    if step is not None:
+        if step.takes(input_ids, cache, attention_mask=attention_mask, position_ids=position_ids,
+                      inputs_embeds=inputs_embeds):
+            logits, hidden = step(input_ids, cache)             # the plain one-token step, compiled
+        elif step.takes_pass(input_ids, cache, attention_mask, position_ids, inputs_embeds):
+            logits, hidden = step.verify(input_ids, cache, attention_mask, position_ids)   # a draft's pass, compiled
+        else:
+            hidden = None
+        if hidden is not None:
+            return _compiled_output(logits, hidden, logits_to_keep, output_hidden_states, hidden_rows)
     inner = model.model
     linear = cpu_linear.linear if settings().cpu_linear else F.linear
     if inputs_embeds is not None:
@@ -193,9 +204,8 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
         position_ids = torch.arange(past, past + n, device=x.device)[None].expand(batch, n)
     cos, sin = inner.rotary_emb(x, position_ids)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)                    # (batch, 1, n, head_dim): over every head
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device).masked_fill(~attention_mask,
-                                                                                      torch.finfo(x.dtype).min)
+    if attention_mask is not None:
+        attention_mask = additive(attention_mask, x.dtype)
     hidden = [x] if output_hidden_states else None
     for plan in layer_plans(inner):
         x = x + attention(linear, plan, rms_norm(plan.input_norm, x), cos, sin, cache, attention_mask)
@@ -210,3 +220,12 @@ def forward(model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Te
     head = model.lm_head
     logits = linear(x[:, -logits_to_keep:] if logits_to_keep else x, head.weight, head.bias)
     return LeanOutput(logits, tuple(hidden) if hidden is not None else None)
+
+
+def _compiled_output(logits, hidden, logits_to_keep: int, output_hidden_states: bool, hidden_rows: int) -> LeanOutput:
+    """A compiled graph's logits (1, n, V) and stacked hidden states (layers + 1, 1, n, hidden) as forward returns them."""
+    if logits_to_keep:
+        logits = logits[:, -logits_to_keep:]
+    if output_hidden_states:
+        return LeanOutput(logits, hidden.unbind(0))                     # a tuple, as transformers
+    return LeanOutput(logits, (hidden[-1][:, -hidden_rows:],) if hidden_rows else None)   # the last, normalised

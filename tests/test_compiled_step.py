@@ -1,5 +1,6 @@
-"""The compiled one-token step (playground/compiled_step.py) decodes what the eager step decodes, on a
-tiny float32 llama (one real compilation: ~20 s cold on 2 cores, seconds from torch's disk cache)."""
+"""The compiled one-token step and verification pass (playground/compiled_step.py) compute what the eager
+ones compute, on a tiny float32 llama (one real compilation of each: ~20 s cold on 2 cores, seconds from
+torch's disk cache)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from playground import compiled_step, kv_cache, lean_forward
 from playground.kv_cache import GrowingCache
 
 from conftest import build_tiny_llama
+from strategies.speculative.tree import DraftTree, tree_mask
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +39,14 @@ def greedy(model, prompt: list[int], steps: int, compiled: bool) -> tuple[list[i
     return tokens, logits, cache
 
 
-def count_calls(step, monkeypatch) -> list[int]:
+def count_calls(step, monkeypatch, graph: str = "fn") -> list[int]:
     calls = [0]
-    fn = step.fn
+    fn = getattr(step, graph)
 
     def counted(*args):
         calls[0] += 1
         return fn(*args)
-    monkeypatch.setattr(step, "fn", counted)
+    monkeypatch.setattr(step, graph, counted)
     return calls
 
 
@@ -62,18 +64,81 @@ def test_compiled_decoding_equals_eager_across_buffer_regrowth(model, step, monk
         torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
 
 
-def test_only_the_plain_one_token_step_is_compiled(model, step, monkeypatch):
-    calls = count_calls(step, monkeypatch)
+def test_which_passes_the_graphs_take(model, step, monkeypatch):
+    """The step graph: the plain one-token step; the pass graph: 2 to MAX_PASS_ROWS tokens of one sequence on
+    a cached context; everything else (a prompt, a cache without buffers, a batch, too many rows) is eager."""
+    calls, passes = count_calls(step, monkeypatch), count_calls(step, monkeypatch, "fn_pass")
     ids = torch.tensor([[3, 4, 5]])
     with torch.inference_mode():
         lean_forward.forward(model, ids, DynamicCache(config=model.config))         # no buffers to write into
         cache = GrowingCache(model.config)
         lean_forward.forward(model, ids, cache)                                      # a prompt
-        lean_forward.forward(model, torch.tensor([[6, 7]]), cache)                   # a chain
         lean_forward.forward(model, torch.tensor([[8]]), cache, position_ids=torch.tensor([[9]]))
-        assert calls[0] == 0
+        lean_forward.forward(model, torch.arange(compiled_step.MAX_PASS_ROWS + 1)[None] % 90, cache)
+        batch = GrowingCache(model.config)
+        lean_forward.forward(model, torch.tensor([[3, 4], [5, 6]]), batch)
+        lean_forward.forward(model, torch.tensor([[6, 7], [8, 9]]), batch)
+        assert calls[0] == passes[0] == 0
         lean_forward.forward(model, torch.tensor([[8]]), cache)
         assert calls[0] == 1
+        lean_forward.forward(model, torch.tensor([[6, 7]]), cache)                   # a chain
+        lean_forward.forward(model, torch.arange(compiled_step.MAX_PASS_ROWS)[None] % 90, cache)
+        assert calls[0] == 1 and passes[0] == 2
+
+
+def eager_and_compiled(model, prompt: list[int], fed: list[int], **kwargs):
+    """Two caches holding `prompt`, each fed `fed` in one pass (eager, then compiled): both outputs and caches."""
+    results = []
+    for compiled in (False, True):
+        cache = GrowingCache(model.config)
+        with torch.inference_mode(), (compiled_step.paused(model) if not compiled else torch.inference_mode()):
+            lean_forward.forward(model, torch.tensor([prompt]), cache)
+            results.append((lean_forward.forward(model, torch.tensor([fed]), cache, **kwargs), cache))
+    return results
+
+
+def assert_same(eager, compiled) -> None:
+    (theirs, their_cache), (ours, our_cache) = eager, compiled
+    torch.testing.assert_close(ours.logits, theirs.logits, atol=1e-5, rtol=1e-5)
+    assert our_cache.get_seq_length() == their_cache.get_seq_length()
+    for mine, other in zip(our_cache.layers, their_cache.layers):
+        torch.testing.assert_close(mine.keys, other.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(mine.values, other.values, atol=1e-5, rtol=1e-5)
+
+
+def test_a_compiled_chain_pass_equals_the_eager_one(model, step, monkeypatch):
+    monkeypatch.setattr(kv_cache, "SPARE", 2)           # the pass's rows regrow the buffers
+    passes = count_calls(step, monkeypatch, "fn_pass")
+    eager, compiled = eager_and_compiled(model, [5, 9, 2, 40, 7], [11, 12, 13, 14, 15, 16, 17], logits_to_keep=0)
+    assert passes[0] == 1 and compiled[0].logits.shape == (1, 7, 96)
+    assert_same(eager, compiled)
+
+
+def test_a_compiled_tree_pass_reads_its_mask_and_positions(model, step, monkeypatch):
+    """A tree: siblings at the same depth (rotary position) that must not see each other. A pass that ignored
+    the mask or the positions, or wrote its rows elsewhere in the cache, differs from the eager one."""
+    passes = count_calls(step, monkeypatch, "fn_pass")
+    tree = DraftTree([20, 31, 32, 41, 42, 51], [-1, 0, 0, 1, 1, 3])
+    prompt = [5, 9, 2, 40, 7]
+    positions = torch.tensor([[len(prompt) + d for d in tree.depths]])
+    for mask in (tree_mask(tree, len(prompt), torch.float32), tree_mask(tree, len(prompt), torch.float32) == 0):
+        eager, compiled = eager_and_compiled(model, prompt, tree.tokens, logits_to_keep=0, attention_mask=mask,
+                                             position_ids=positions, output_hidden_states=True)
+        assert_same(eager, compiled)
+        assert len(compiled[0].hidden_states) == model.config.num_hidden_layers + 1
+        for mine, theirs in zip(compiled[0].hidden_states, eager[0].hidden_states):
+            assert mine.shape == theirs.shape == (1, len(tree), model.config.hidden_size)
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    assert passes[0] == 2
+    chain, _ = eager_and_compiled(model, prompt, tree.tokens, logits_to_keep=0)[1]
+    assert not torch.allclose(chain.logits, compiled[0].logits, atol=1e-3)      # the mask mattered
+
+
+def test_a_compiled_pass_keeps_the_last_rows_asked_for(model, step):
+    eager, compiled = eager_and_compiled(model, [5, 9, 2], [4, 6, 8], logits_to_keep=2, hidden_rows=1)
+    assert compiled[0].logits.shape == (1, 2, 96) and compiled[0].hidden_states[0].shape == (1, 1, 32)
+    assert_same(eager, compiled)
+    torch.testing.assert_close(compiled[0].hidden_states[0], eager[0].hidden_states[0][:, -1:], atol=1e-5, rtol=1e-5)
 
 
 def test_a_step_that_asks_for_hidden_states_gets_the_eager_ones(model, step, monkeypatch):
