@@ -191,7 +191,7 @@ class CompiledStep:
         keys, values = self._buffers(cache, not self.ready_shapes)
         if not self.ready_shapes:        # symbolic from the first compile: one graph for every length and capacity
             torch._dynamo.mark_dynamic(length, 0)
-        logits, hidden = self.fn(input_ids, cos, sin, position, length, keys, values)
+        logits, hidden = self.fn(_inference(input_ids), cos, sin, position, length, keys, values)
         self._hold(cache, past + 1)
         return logits, hidden
 
@@ -214,7 +214,7 @@ class CompiledStep:
             for tensor, dims in ((input_ids, (1,)), (cos, (2,)), (sin, (2,)), (position, (0,)), (attention_mask, (2, 3))):
                 for dim in dims:
                     torch._dynamo.mark_dynamic(tensor, dim)
-        logits, hidden = self.fn_pass(input_ids, cos, sin, position, attention_mask, keys, values)
+        logits, hidden = self.fn_pass(_inference(input_ids), cos, sin, position, _inference(attention_mask), keys, values)
         self._hold(cache, past + n)
         return logits, hidden
 
@@ -262,6 +262,16 @@ class CompiledStep:
 # rows loses to the oneDNN product the eager pass then uses (cpu_linear.py): same process, best of 5, after 32 /
 # 640 tokens, compiled vs eager, ms: 8 tokens 47 / 61 vs 51 / 87, but 11 tokens 78 / 103 vs 54 / 82.
 MAX_PASS_ROWS = 8
+
+
+def _inference(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as an inference tensor, as the graphs were compiled with: their guards compare inputs' dispatch
+    keys, and a token or mask tensor a method made outside inference mode recompiled the pass graph (tens of
+    seconds, every few rounds: prompt lookup ran at 0.31x greedy on the grounded prompts until this)."""
+    if tensor.is_inference():
+        return tensor
+    with torch.inference_mode():
+        return tensor.clone()
 
 _STEPS: "weakref.WeakKeyDictionary[torch.nn.Module, CompiledStep]" = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()

@@ -209,3 +209,21 @@ def test_a_failed_compile_leaves_the_eager_step(monkeypatch):
 
 def test_float64_models_are_not_compiled():
     assert compiled_step.prepare(build_tiny_llama(seed=13, layers=1)) is None
+
+
+def test_tensors_made_outside_inference_mode_reuse_the_graphs(model, step, monkeypatch):
+    """Methods build tokens and masks outside inference mode; the graphs were compiled on inference tensors and
+    guard on dispatch keys: such inputs once recompiled the pass graph every few rounds (tens of seconds each)."""
+    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+    tree = DraftTree([20, 31, 32, 41], [-1, 0, 0, 1])
+    ids, mask = torch.tensor([tree.tokens]), tree_mask(tree, 3, torch.float32)       # normal tensors
+    positions = torch.tensor([[3 + d for d in tree.depths]])
+    with torch.inference_mode():
+        cache = GrowingCache(model.config)
+        lean_forward.forward(model, torch.tensor([[5, 9, 2]]), cache)
+    assert not ids.is_inference() and not mask.is_inference()
+    with torch.inference_mode():
+        lean_forward.forward(model, ids, cache, attention_mask=mask, position_ids=positions)
+    step_ids = torch.tensor([[7]])
+    with torch.inference_mode():
+        lean_forward.forward(model, step_ids, cache)
