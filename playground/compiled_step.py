@@ -13,8 +13,8 @@ buffer at the step's position and attends over the first length + 1 rows; one co
 symbolic lengths and capacities serves every context length and every run.
 
 Used by lean_forward.forward for the plain one-token pass (one sequence, no mask, no positions,
-float32 on the CPU), and only once `prepare` has compiled it (~1 minute on 2 cores the first
-time, seconds from torch's on-disk cache after that).
+float32 on the CPU), and only once `prepare` has compiled it (60 s on 2 cores the first time, ~9 s
+from torch's on-disk cache after that; the pass below as much again: 72 s, ~9 s).
 
 The verification pass is a second graph, symbolic in its token count (2 to MAX_PASS_ROWS, one compile for
 all): a draft's tokens on top of a cached context, with the method's additive mask and rotary positions
