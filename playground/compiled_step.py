@@ -3,10 +3,11 @@ verification pass, the same layers over a few tokens with a mask (a draft's chai
 
 A one-token step is ~450 small operations (norms, rotary, attention, residuals) between the 121 weight
 products; eagerly each pays Python and dispatcher overhead and a thread fork, about a third of the
-step on a 2-core CPU. Compiled, the operations between products are fused into a few C++ loops, and so
-are the products: torch's compiler turns each one-row product (written here as cpu_linear.split_linear's
-row-split batched product) into its own vectorised reduction loops, one OpenMP region per layer, with
-attention (SDPA) called between regions.
+step on a 2-core CPU. Compiled, the operations between products are fused into a few C++ loops. The
+products are calls of low_bit.cpp's kernel where the weights are exact low-bit codes (the embedded model:
+low_bit.py; a step 8-9 ms instead of 12-14); otherwise torch's compiler turns each one-row product
+(written here as cpu_linear.split_linear's row-split batched product) into its own vectorised reduction
+loops, one OpenMP region per layer. Attention (SDPA) is called between them.
 
 The cache is the in-place one (kv_cache.py): the step writes its key and value rows into each layer's
 buffer at the step's position and attends over the first length + 1 rows; one compilation with
@@ -41,7 +42,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from . import cpu_linear, lean_forward
+from . import cpu_linear, lean_forward, low_bit
 from .kv_cache import GrowingCache, GrowingLayer
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,9 @@ class CompiledStep:
         self.model = model
         self.threads = torch.get_num_threads()
         self.plans = lean_forward.layer_plans(model.model)
+        # Each product's weight as exact low-bit codes where models.lay_out found them (low_bit.py), else None.
+        self.codes = [tuple(low_bit.codes_of(w) for w, _ in (p.qkv, p.o, p.gate_up, p.down)) for p in self.plans]
+        self.head_codes = low_bit.codes_of(model.lm_head.weight)
         # Static but for the lengths marked in __call__. Without guards: dynamo's checks of ~260 input tensors
         # cost 0.7 ms a step; the code is this model's own (own_copy), and `takes` admits only the inputs
         # the graph was made for.
@@ -91,8 +95,11 @@ class CompiledStep:
         self.static_rope = "dynamic" not in rope and rope != "longrope"
         self.table: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def _linear(self, x, weight, bias):
-        out = cpu_linear.split_linear(x, weight, cpu_linear.parts_for(weight.shape[0], self.threads))
+    def _linear(self, x, weight, bias, codes: low_bit.Codes | None):
+        if codes is not None:                   # the weight as its exact low-bit codes (low_bit.py)
+            out = codes.linear(x)
+        else:
+            out = cpu_linear.split_linear(x, weight, cpu_linear.parts_for(weight.shape[0], self.threads))
         return out if bias is None else out + bias
 
     def _step(self, token, cos, sin, position, length, keys: list[torch.Tensor], values: list[torch.Tensor]):
@@ -115,9 +122,9 @@ class CompiledStep:
         x = F.embedding(tokens, inner.embed_tokens.weight)                      # (1, n, hidden)
         n = tokens.shape[1]
         hidden = [x]
-        for plan, k_buffer, v_buffer in zip(self.plans, keys, values):
+        for plan, codes, k_buffer, v_buffer in zip(self.plans, self.codes, keys, values):
             h = F.rms_norm(x, plan.input_norm.weight.shape, plan.input_norm.weight, plan.input_norm.variance_epsilon)
-            qkv = self._linear(h, *plan.qkv).view(1, n, -1, plan.head_dim).transpose(1, 2)
+            qkv = self._linear(h, *plan.qkv, codes[0]).view(1, n, -1, plan.head_dim).transpose(1, 2)
             qk = qkv[:, :plan.q_heads + plan.kv_heads]
             qk = qk * cos + lean_forward.rotate_half(qk) * sin
             k_buffer.index_copy_(2, position, qk[:, plan.q_heads:])
@@ -125,14 +132,15 @@ class CompiledStep:
             out = F.scaled_dot_product_attention(qk[:, :plan.q_heads], k_buffer[:, :, :rows], v_buffer[:, :, :rows],
                                                  attn_mask=mask, scale=plan.scaling,
                                                  enable_gqa=True)   # True with equal heads too: a factor of 1
-            x = x + self._linear(out.transpose(1, 2).reshape(1, n, -1), *plan.o)
+            x = x + self._linear(out.transpose(1, 2).reshape(1, n, -1), *plan.o, codes[1])
             h = F.rms_norm(x, plan.post_norm.weight.shape, plan.post_norm.weight, plan.post_norm.variance_epsilon)
-            gate, up = self._linear(h, *plan.gate_up).split(plan.gate_out, -1)
-            x = x + self._linear(F.silu(gate) * up, *plan.down)
+            gate, up = self._linear(h, *plan.gate_up, codes[2]).split(plan.gate_out, -1)
+            x = x + self._linear(F.silu(gate) * up, *plan.down, codes[3])
             hidden.append(x)
         x = F.rms_norm(x, inner.norm.weight.shape, inner.norm.weight, inner.norm.variance_epsilon)
         hidden[-1] = x
-        return self._linear(x, self.model.lm_head.weight, self.model.lm_head.bias), torch.stack(hidden)
+        head = self.model.lm_head
+        return self._linear(x, head.weight, head.bias, self.head_codes), torch.stack(hidden)
 
     def rotary(self, position: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (1, 1, 1, head_dim) at `position`, `like`'s dtype: rows of a table the model's own rotary

@@ -46,6 +46,7 @@ class Settings:
     forward: str             # "lean" (playground/lean_forward.py where the model allows) or "transformers"
     cpu_linear: bool         # the lean forward's products through the kernel that suits the row count (playground/cpu_linear.py)
     compile_step: bool       # compile the one-token decode step at warm-up (playground/compiled_step.py)
+    low_bit: bool            # weights that are exact 4/8-bit codes (the embedded GGUF's) read as codes in few-row products (playground/low_bit.py)
     host: str
     port: int
     public_url: str          # base of share links (set it to the Space's URL when deployed)
@@ -82,6 +83,7 @@ class Settings:
             forward=_choice("PLAYGROUND_FORWARD", "lean", ("lean", "transformers")),
             cpu_linear=_flag("PLAYGROUND_CPU_LINEAR", True),
             compile_step=_flag("PLAYGROUND_COMPILE", True),
+            low_bit=_flag("PLAYGROUND_LOW_BIT", True),
             host=_env("PLAYGROUND_HOST", "127.0.0.1"),
             port=int(_env("PLAYGROUND_PORT", "7860")),
             public_url=_env("PLAYGROUND_PUBLIC_URL", ""),

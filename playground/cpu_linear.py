@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import low_bit
+
 SPLIT_ROWS = 7     # the split wins up to here; at 8 rows oneDNN ties it, and beats it beyond
 HAS_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -53,6 +55,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if x.device.type != "cpu" or not weight.is_contiguous():
         return F.linear(x, weight, bias)
     rows = x.numel() // x.shape[-1]
+    codes = low_bit.codes_of(weight) if rows <= low_bit.MAX_ROWS else None
+    if codes is not None and x.dtype == torch.float32:
+        out = codes.linear(x)
+        return out if bias is None else out + bias
     parts = parts_for(weight.shape[0], torch.get_num_threads())
     if rows <= SPLIT_ROWS and parts > 1:
         out = split_linear(x, weight, parts)

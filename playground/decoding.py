@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from transformers import DynamicCache
 
-from . import lean_forward
+from . import lean_forward, low_bit
 from .kv_cache import GrowingCache
 from .config import settings
 from .events import Alternative, Event, TokenEvent
@@ -26,8 +26,10 @@ _WEIGHT_BYTES: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakK
 
 def weight_bytes(model: torch.nn.Module) -> int:
     """Bytes of the weights one forward pass of `model` reads: its own parameters, each shared tensor
-    once (tied embeddings; a truncated view counts only the layers it runs). Cached per model object,
-    so a pass costs one dictionary look-up, and a dropped view frees its entry."""
+    once (tied embeddings; a truncated view counts only the layers it runs), those held as exact low-bit
+    codes at the codes' size (low_bit.py: what a step or a draft's pass reads; a run's one prompt pass of
+    more than low_bit.MAX_ROWS tokens reads their float32 copies, and is counted the same). Cached per
+    model object, so a pass costs one dictionary look-up, and a dropped view frees its entry."""
     known = _WEIGHT_BYTES.get(model)
     if known is None:
         seen: set[int] = set()
@@ -36,6 +38,7 @@ def weight_bytes(model: torch.nn.Module) -> int:
             if p.data_ptr() not in seen:
                 seen.add(p.data_ptr())
                 known += p.numel() * p.element_size()
+        known -= low_bit.bytes_saved(model)
         _WEIGHT_BYTES[model] = known
     return known
 

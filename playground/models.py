@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from . import huge_pages, lean_forward
+from . import huge_pages, lean_forward, low_bit
 from .config import settings
 from .drafts import parse_truncated, truncated_view
 
@@ -238,11 +238,13 @@ def _load(model_id: str, dtype_name: str) -> LoadedModel:
 
 def lay_out(model) -> None:
     """A CPU model's weights as decode steps read them: stacked where lean_forward stacks them (q | k | v,
-    gate | up), then all in one mapping of 2 MiB pages (huge_pages.py: 5-16 % faster steps, measured A/B)."""
+    gate | up), then all in one mapping of 2 MiB pages (huge_pages.py: 5-16 % faster steps, measured A/B),
+    and, where they are exact low-bit codes (the embedded GGUF's), those codes too (low_bit.py)."""
     tensors = list(model.parameters())
     if lean_forward.supports(model):
         tensors += [weight for plan in lean_forward.layer_plans(model.model) for weight, _ in (plan.qkv, plan.gate_up)]
     huge_pages.place(tensors)
+    huge_pages.place(codes.data for codes in low_bit.attach_model(model))
 
 
 # Loaded models, least recently used first. Only whole models count against PLAYGROUND_MODEL_CACHE; a

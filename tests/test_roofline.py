@@ -20,6 +20,7 @@ def test_floor_and_share_on_hand_numbers(monkeypatch):
     floor_s = sum(params.values()) / 2.0e9
     assert result["weight_mb"] == pytest.approx(sum(params.values()) / 1e6)
     assert result["floor_ms"] == pytest.approx(floor_s * 1e3)
+    assert result["float32_floor_ms"] == pytest.approx(floor_s * 1e3)        # no codes in a float64 model
     shares = {(s["context"], s["path"]): s["of_roofline"] for s in result["steps"]}
     assert shares == {(32, "ours"): pytest.approx(floor_s / 0.004), (32, "transformers"): pytest.approx(floor_s / 0.008),
                       (640, "ours"): pytest.approx(floor_s / 0.004), (640, "transformers"): pytest.approx(floor_s / 0.008),

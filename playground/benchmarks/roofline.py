@@ -1,7 +1,8 @@
 """The decode step against the memory roofline: how long one token takes, and how long it must take.
 
 A one-token pass reads every weight once, so it cannot beat (weight bytes / memory bandwidth): the
-roofline. This times one-token passes after a short and a long context, through our forward
+roofline. Where the weights are exact low-bit codes (low_bit.py) our step reads those, so two floors are
+shown: the bytes it reads, and the float32 weights' bytes (the floor of any step that streams them). This times one-token passes after a short and a long context, through our forward
 (playground/lean_forward.py) and through transformers' call, and sets them beside that floor, with
 the bandwidth measured by playground/hardware.py (the faster of a copy and a read stream) right before
 and after the timings. Printed at the top of every `bench` report.
@@ -58,11 +59,15 @@ def products_seconds(model, steps: int = 24) -> float:
 
 
 def report(model) -> dict:
-    """{"weight_mb", "bandwidth_gb_s", "floor_ms", "steps": [{"context", "path", "ms", "of_roofline"}]}:
+    """{"weight_mb", "float32_mb", "bandwidth_gb_s", "floor_ms", "float32_floor_ms",
+    "steps": [{"context", "path", "ms", "of_roofline", "of_float32_roofline"}]}:
     our step compiled (where compiled_step.prepare made it) and eager, transformers' call, and the
-    weight products alone. The bandwidth is measured right before and right after the timings (the
-    faster of the two), not read from the machine's cached figure: on a shared machine it moves by half
-    from one minute to the next, and a floor from another minute put a step at 119 % of it."""
+    weight products alone. Two floors: the bytes our step reads (weight_bytes: weights held as exact
+    low-bit codes count at the codes' size, low_bit.py) and the float32 weights' bytes (what transformers'
+    pass reads, and the floor of a step that streams them). The bandwidth is measured right before and
+    right after the timings (the faster of the two), not read from the machine's cached figure: on a
+    shared machine it moves by half from one minute to the next, and a floor from another minute put a
+    step at 119 % of it."""
     before = measure_bandwidth_gb_s()
     lean = lean_forward.supports(model)
     paths = [("ours", lean, False)]
@@ -78,14 +83,24 @@ def report(model) -> dict:
         timed.append((0, "products only", products_seconds(model)))
     gb_s = max(before, measure_bandwidth_gb_s())
     floor = weight_bytes(model) / (gb_s * 1e9)
-    steps = [{"context": context, "path": name, "ms": seconds * 1e3, "of_roofline": floor / seconds}
-             for context, name, seconds in timed]
-    return {"weight_mb": weight_bytes(model) / 1e6, "bandwidth_gb_s": gb_s, "floor_ms": floor * 1e3, "steps": steps}
+    float32 = float32_bytes(model)
+    float32_floor = float32 / (gb_s * 1e9)
+    steps = [{"context": context, "path": name, "ms": seconds * 1e3, "of_roofline": floor / seconds,
+              "of_float32_roofline": float32_floor / seconds} for context, name, seconds in timed]
+    return {"weight_mb": weight_bytes(model) / 1e6, "float32_mb": float32 / 1e6, "bandwidth_gb_s": gb_s,
+            "floor_ms": floor * 1e3, "float32_floor_ms": float32_floor * 1e3, "steps": steps}
+
+
+def float32_bytes(model) -> int:
+    """The model's parameters at their own size, each shared tensor once (no codes)."""
+    return sum({p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}.values())
 
 
 def print_roofline(result: dict) -> None:
-    print(f"decode step: {result['weight_mb']:.0f} MB of weights at {result['bandwidth_gb_s']:.1f} GB/s "
-          f"(measured before and after the timings, the faster) = {result['floor_ms']:.1f} ms floor per token")
+    print(f"decode step: {result['weight_mb']:.0f} MB of weights read at {result['bandwidth_gb_s']:.1f} GB/s "
+          f"(measured before and after the timings, the faster) = {result['floor_ms']:.1f} ms floor per token; "
+          f"the float32 weights ({result['float32_mb']:.0f} MB): {result['float32_floor_ms']:.1f} ms")
     for step in result["steps"]:
         where = f"forward after {step['context']:4d} tokens" if step["context"] else "(its weight products alone)"
-        print(f"  {step['path']:>15} {where}: {step['ms']:6.1f} ms = {step['of_roofline']:.0%} of the roofline")
+        print(f"  {step['path']:>15} {where}: {step['ms']:6.1f} ms = {step['of_roofline']:.0%} of the roofline, "
+              f"{step['of_float32_roofline']:.0%} of the float32 one")
