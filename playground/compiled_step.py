@@ -77,6 +77,8 @@ class CompiledStep:
         # Each product's weight as exact low-bit codes where models.lay_out found them (low_bit.py), else None.
         self.codes = [tuple(low_bit.codes_of(w) for w, _ in (p.qkv, p.o, p.gate_up, p.down)) for p in self.plans]
         self.head_codes = low_bit.codes_of(model.lm_head.weight)
+        # With codes every product of a pass up to low_bit.MAX_ROWS tokens is the codes' kernel, compiled or not
+        self.max_pass_rows = low_bit.MAX_ROWS if self.head_codes is not None else MAX_PASS_ROWS
         # Static but for the lengths marked in __call__. Without guards: dynamo's checks of ~260 input tensors
         # cost 0.7 ms a step; the code is this model's own (own_copy), and `takes` admits only the inputs
         # the graph was made for.
@@ -177,10 +179,10 @@ class CompiledStep:
                 and len(cache.layers) == len(self.plans))
 
     def takes_pass(self, input_ids, cache, attention_mask=None, position_ids=None, inputs_embeds=None) -> bool:
-        """Whether this pass is a verification pass the second graph computes: 2 to MAX_PASS_ROWS tokens of
+        """Whether this pass is a verification pass the second graph computes: 2 to max_pass_rows tokens of
         one sequence on a cached context, with no mask or a (1, 1, n, past + n) one, no positions or (1, n)."""
         if not (self.ready_pass and input_ids is not None and input_ids.dim() == 2 and input_ids.shape[0] == 1
-                and 2 <= input_ids.shape[1] <= MAX_PASS_ROWS and inputs_embeds is None
+                and 2 <= input_ids.shape[1] <= self.max_pass_rows and inputs_embeds is None
                 and isinstance(cache, GrowingCache) and torch.get_num_threads() == self.threads
                 and len(cache.layers) == len(self.plans) and all(type(layer) is GrowingLayer for layer in cache.layers)):
             return False
@@ -266,7 +268,7 @@ class CompiledStep:
         return self.compile_s
 
 
-# The biggest pass the second graph takes. Its products stay the row-split batched product, which beyond a few
+# The biggest pass the second graph takes (without low-bit codes; with them low_bit.MAX_ROWS). Its products stay the row-split batched product, which beyond a few
 # rows loses to the oneDNN product the eager pass then uses (cpu_linear.py): same process, best of 5, after 32 /
 # 640 tokens, compiled vs eager, ms: 8 tokens 47 / 61 vs 51 / 87, but 11 tokens 78 / 103 vs 54 / 82.
 MAX_PASS_ROWS = 8

@@ -20,6 +20,7 @@
 namespace {
 
 constexpr int GROUP = 4;
+constexpr long CHUNK = 16;
 constexpr long Q4_RECORD = GROUP * (4 + 4 + 16), Q8_RECORD = GROUP * (4 + 32);
 
 #ifdef __AVX512F__
@@ -108,15 +109,11 @@ void q8_group(const float* x, const uint8_t* group, long blocks, long k, float* 
 typedef void (*GroupFn)(const float*, const uint8_t*, long, long, float*, long, long, int);
 
 // One group for M input rows: all four weight rows at once while 4 * M accumulators fit the registers,
-// else two rows at a time (the group's records are re-read from the core's cache, not from memory).
+// else two or one at a time (the group's records are then re-read from the core's cache, not from memory).
 template <int M, GroupFn (*Pick)(int, int)>
 void group_rows(const float* x, const uint8_t* group, long blocks, long k, float* y, long n, long j) {
-    if (M <= 4) {
-        Pick(M, 4)(x, group, blocks, k, y, n, j, 0);
-    } else {
-        Pick(M, 2)(x, group, blocks, k, y, n, j, 0);
-        Pick(M, 2)(x, group, blocks, k, y, n, j, 2);
-    }
+    constexpr int R = M <= 4 ? 4 : M <= 8 ? 2 : 1;
+    for (int r0 = 0; r0 < GROUP; r0 += R) Pick(M, R)(x, group, blocks, k, y, n, j, r0);
 }
 
 template <int M, int R> struct Q4 { static constexpr GroupFn fn = q4_group<M, R>; };
@@ -126,22 +123,26 @@ template <template <int, int> class F>
 GroupFn pick(int m, int r) {
     static constexpr GroupFn four[4] = {F<1, 4>::fn, F<2, 4>::fn, F<3, 4>::fn, F<4, 4>::fn};
     static constexpr GroupFn two[4] = {F<5, 2>::fn, F<6, 2>::fn, F<7, 2>::fn, F<8, 2>::fn};
-    return r == 4 ? four[m - 1] : two[m - 5];
+    static constexpr GroupFn one[8] = {F<9, 1>::fn, F<10, 1>::fn, F<11, 1>::fn, F<12, 1>::fn,
+                                       F<13, 1>::fn, F<14, 1>::fn, F<15, 1>::fn, F<16, 1>::fn};
+    return r == 4 ? four[m - 1] : r == 2 ? two[m - 5] : one[m - 9];
 }
 
 template <template <int, int> class F>
 void product(const float* x, const uint8_t* data, long record, float* y, long m, long n, long k, int threads) {
     typedef void (*RowsFn)(const float*, const uint8_t*, long, long, float*, long, long);
-    static constexpr RowsFn by_rows[8] = {group_rows<1, pick<F>>, group_rows<2, pick<F>>, group_rows<3, pick<F>>,
-                                          group_rows<4, pick<F>>, group_rows<5, pick<F>>, group_rows<6, pick<F>>,
-                                          group_rows<7, pick<F>>, group_rows<8, pick<F>>};
+    static constexpr RowsFn by_rows[CHUNK] = {
+        group_rows<1, pick<F>>, group_rows<2, pick<F>>, group_rows<3, pick<F>>, group_rows<4, pick<F>>,
+        group_rows<5, pick<F>>, group_rows<6, pick<F>>, group_rows<7, pick<F>>, group_rows<8, pick<F>>,
+        group_rows<9, pick<F>>, group_rows<10, pick<F>>, group_rows<11, pick<F>>, group_rows<12, pick<F>>,
+        group_rows<13, pick<F>>, group_rows<14, pick<F>>, group_rows<15, pick<F>>, group_rows<16, pick<F>>};
     const long blocks = k / 32, groups = n / GROUP;
     #pragma omp parallel num_threads(threads)
     {
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
         const long g0 = groups * t / T, g1 = groups * (t + 1) / T;
-        for (long i = 0; i < m; i += 8) {           // eight input rows at a time
-            const long rows = m - i < 8 ? m - i : 8;
+        for (long i = 0; i < m; i += CHUNK) {       // up to CHUNK input rows per read of the weights
+            const long rows = m - i < CHUNK ? m - i : CHUNK;
             for (long g = g0; g < g1; ++g)
                 by_rows[rows - 1](x + i * k, data + g * blocks * record, blocks, k, y + i * n, n, g * GROUP);
         }
