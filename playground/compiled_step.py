@@ -82,7 +82,7 @@ class CompiledStep:
         # Static but for the lengths marked in __call__. Without guards: dynamo's checks of ~260 input tensors
         # cost 0.7 ms a step; the code is this model's own (own_copy), and `takes` admits only the inputs
         # the graph was made for.
-        unguarded = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe}
+        unguarded = {"guard_filter_fn": torch.compiler.skip_all_guards_unsafe, "size_asserts": False}
         self.fn = torch.compile(types.MethodType(own_copy(CompiledStep._step), self), fullgraph=True, options=unguarded)
         self.fn_pass = torch.compile(types.MethodType(own_copy(CompiledStep._pass), self), fullgraph=True,
                                      options=unguarded)

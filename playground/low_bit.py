@@ -16,13 +16,12 @@ products are the same float32 products as before, summed in another order (as MK
 kernels differ from each other). Bench and tests compare every method against transformers' `generate`
 on the float32 weights.
 
-The kernel is compiled once per machine with the system's C++ compiler (the one torch's compiler uses)
-into the cache folder; without a compiler every product stays float32.
+The kernel is a torch operator compiled once per machine with the system's C++ compiler (the one torch's
+compiler uses) into the cache folder; without a compiler every product stays float32.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
@@ -117,7 +116,12 @@ def encode(weight: torch.Tensor) -> Codes | None:
             or weight.shape[0] % GROUP or weight.shape[1] % BLOCK or not bool(torch.isfinite(weight).all())):
         return None
     with torch.no_grad():
-        return q4_codes(weight) or q8_codes(weight)
+        # Its first rows say which format can fit, before the whole tensor is tried (a float model's
+        # weights fail at once instead of after five passes over each weight)
+        first = weight[:GROUP]
+        if q4_codes(first) is not None:
+            return q4_codes(weight)
+        return q8_codes(weight) if q8_codes(first) is not None else None
 
 
 # ---- which weights have codes: per weight tensor object, dropped with it ----
@@ -133,7 +137,7 @@ def attach(weight: torch.Tensor) -> Codes | None:
     """Encode `weight` once (kept until the tensor object is gone); None where it is not codes or the
     kernel is unavailable."""
     known = _CODED.get(id(weight))
-    if known is not None or kernel() is None:
+    if known is not None or not kernel():
         return known
     codes = encode(weight)
     if codes is not None:
@@ -167,7 +171,7 @@ def bytes_saved(model) -> int:
 
 # ---- the kernel ----
 
-_lib: ctypes.CDLL | None = None
+_loaded = False
 _tried = False
 _lock = threading.Lock()
 
@@ -181,48 +185,42 @@ def _machine() -> str:
         return os.uname().machine
 
 
-def _build() -> ctypes.CDLL:
-    source = SOURCE.read_bytes()
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
-    key = hashlib.sha256(source + " ".join(flags).encode() + _machine().encode()).hexdigest()[:16]
+def _build() -> None:
+    """Compile low_bit.cpp against this torch (~10 s, once per machine, source and torch version) and load it."""
+    from torch.utils import cpp_extension
+
+    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20", abi]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags + [torch.__version__, _machine()]).encode()).hexdigest()[:16]
     target = settings().cache_dir / "kernels" / f"low_bit-{key}.so"
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".tmp{os.getpid()}")
-        compiler = os.environ.get("CXX", "g++")
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(tmp)], check=True, capture_output=True, timeout=120)
+        libs = Path(torch.__file__).parent / "lib"
+        command = [os.environ.get("CXX", "g++"), *flags, *(f"-I{p}" for p in cpp_extension.include_paths()),
+                   str(SOURCE), "-o", str(tmp), f"-L{libs}", f"-Wl,-rpath,{libs}", "-lc10", "-ltorch_cpu"]
+        subprocess.run(command, check=True, capture_output=True, timeout=300)
         tmp.replace(target)
-    lib = ctypes.CDLL(str(target))        # its libgomp is torch's, already loaded: one OpenMP runtime
-    pointer, length = ctypes.c_void_p, ctypes.c_long
-    for product in (lib.q4_linear, lib.q8_linear):
-        product.argtypes = [pointer] * 3 + [length] * 3 + [ctypes.c_int]
-    return lib
+    torch.ops.load_library(str(target))      # its OpenMP is torch's, already loaded: one runtime
 
 
-def kernel() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use; None (logged once) where it cannot be."""
-    global _lib, _tried
+def kernel() -> bool:
+    """Whether the operator playground::coded_linear is loaded (built on first use); False, logged once,
+    where it cannot be (no compiler, a failed build)."""
+    global _loaded, _tried
     with _lock:
         if not _tried:
             _tried = True
             try:
-                _lib = _build()
-            except (OSError, subprocess.SubprocessError) as exc:
-                log.warning("low-bit kernel unavailable, products stay float32: %s", exc)
-        return _lib
+                _build()
+                _loaded = True
+                torch.library.register_fake("playground::coded_linear")(_shape)
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                detail = getattr(exc, "stderr", b"") or b""
+                log.warning("low-bit kernel unavailable, products stay float32: %s %s", exc, detail[-2000:])
+        return _loaded
 
 
-@torch.library.custom_op("playground::coded_linear", mutates_args=())
-def coded_linear(x: torch.Tensor, data: torch.Tensor, bits: int) -> torch.Tensor:
-    """x (..., in) float32 @ W.T for W given as Codes.data; -> (..., out)."""
-    x = x.contiguous()
-    k, n = x.shape[-1], data.shape[0] * GROUP
-    y = torch.empty(*x.shape[:-1], n, dtype=torch.float32)
-    product = _lib.q4_linear if bits == 4 else _lib.q8_linear          # built: Codes exist only then
-    product(x.data_ptr(), data.data_ptr(), y.data_ptr(), x.numel() // k, n, k, torch.get_num_threads())
-    return y
-
-
-@coded_linear.register_fake
-def _(x, data, bits):
+def _shape(x, data, bits):
+    """What the operator returns, for torch's compiler: (..., out)."""
     return x.new_empty(*x.shape[:-1], data.shape[0] * GROUP)

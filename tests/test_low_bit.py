@@ -19,7 +19,7 @@ from playground.kv_cache import GrowingCache
 from conftest import build_tiny_llama
 
 Q4_1, Q8_0 = GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0
-pytestmark = pytest.mark.skipif(low_bit.kernel() is None, reason="no C++ compiler for the low-bit kernel")
+pytestmark = pytest.mark.skipif(not low_bit.kernel(), reason="no C++ compiler for the low-bit kernel")
 
 
 def gguf_round_trip(weight: torch.Tensor, kind) -> torch.Tensor:
@@ -47,8 +47,8 @@ def test_every_weight_decodes_to_the_float_the_tensor_holds(kind, out, k):
 @pytest.mark.parametrize("kind", [Q4_1, Q8_0])
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 16, 17, 35])
 def test_products_equal_the_float_product(kind, rows):
-    """Every row count the kernel has a path for (1-4 rows: four weight rows at a time; 5-8: two; 9-16:
-    one; more: 16 at a time), output rows split over threads."""
+    """Every row count the kernel has a path for (1-4 rows: four weight rows at a time; 5-8: two; more:
+    eight input rows at a time), output rows split over threads."""
     weight = quantised(40, 64, kind, seed=rows)
     x = torch.randn(1, rows, 64, generator=torch.Generator().manual_seed(rows))
     got = low_bit.encode(weight).linear(x)
