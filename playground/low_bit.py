@@ -16,26 +16,20 @@ products are the same float32 products as before, summed in another order (as MK
 kernels differ from each other). Bench and tests compare every method against transformers' `generate`
 on the float32 weights.
 
-The kernel is a torch operator compiled once per machine with the system's C++ compiler (the one torch's
-compiler uses) into the cache folder; without a compiler every product stays float32.
+The kernel is a torch operator compiled once per machine (native.py); without a compiler every product
+stays float32.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-import subprocess
-import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import native
 from .config import settings
-
-log = logging.getLogger(__name__)
 
 BLOCK = 32             # inputs per scale (GGUF's blocks)
 GROUP = 4              # output rows per record (low_bit.cpp)
@@ -171,54 +165,9 @@ def bytes_saved(model) -> int:
 
 # ---- the kernel ----
 
-_loaded = False
-_tried = False
-_lock = threading.Lock()
-
-
-def _machine() -> str:
-    """What -march=native compiles for: the CPU's model name and flags."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
-    except OSError:
-        return os.uname().machine
-
-
-def _build() -> None:
-    """Compile low_bit.cpp against this torch (~10 s, once per machine, source and torch version) and load it."""
-    from torch.utils import cpp_extension
-
-    abi = f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}"
-    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++20", abi]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags + [torch.__version__, _machine()]).encode()).hexdigest()[:16]
-    target = settings().cache_dir / "kernels" / f"low_bit-{key}.so"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        libs = Path(torch.__file__).parent / "lib"
-        command = [os.environ.get("CXX", "g++"), *flags, *(f"-I{p}" for p in cpp_extension.include_paths()),
-                   str(SOURCE), "-o", str(tmp), f"-L{libs}", f"-Wl,-rpath,{libs}", "-lc10", "-ltorch_cpu"]
-        subprocess.run(command, check=True, capture_output=True, timeout=300)
-        tmp.replace(target)
-    torch.ops.load_library(str(target))      # its OpenMP is torch's, already loaded: one runtime
-
-
 def kernel() -> bool:
-    """Whether the operator playground::coded_linear is loaded (built on first use); False, logged once,
-    where it cannot be (no compiler, a failed build)."""
-    global _loaded, _tried
-    with _lock:
-        if not _tried:
-            _tried = True
-            try:
-                _build()
-                _loaded = True
-                torch.library.register_fake("playground::coded_linear")(_shape)
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                detail = getattr(exc, "stderr", b"") or b""
-                log.warning("low-bit kernel unavailable, products stay float32: %s %s", exc, detail[-2000:])
-        return _loaded
+    """Whether the operator playground::coded_linear is loaded (built on first use, native.py)."""
+    return native.load(SOURCE, {"playground::coded_linear": _shape})
 
 
 def _shape(x, data, bits):

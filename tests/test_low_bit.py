@@ -145,3 +145,14 @@ def test_the_roofline_report_shows_the_bytes_read_and_the_float32_floor(monkeypa
     step = result["steps"][0]
     assert step["of_roofline"] == pytest.approx(weight_bytes(model) / 1e9 / 0.004)
     assert step["of_float32_roofline"] == pytest.approx(float32 / 1e9 / 0.004)
+
+
+def test_without_a_compiler_nothing_is_loaded_and_the_reason_is_logged(tmp_path, monkeypatch, caplog):
+    from playground import native
+
+    source = tmp_path / "never_built.cpp"
+    source.write_text("// an operator library that cannot be built here\n")
+    monkeypatch.setenv("CXX", "false")               # a compiler that always fails
+    assert native.load(source, {}) is False
+    assert native.load(source, {}) is False          # decided once per process
+    assert "never_built.cpp unavailable" in caplog.text
