@@ -1,4 +1,4 @@
-"""Weights that are exact low-bit codes, read as codes: a decode step reads ~100 MB instead of 538.
+"""Weights that are exact low-bit codes, read as codes: a decode step reads 112 MB instead of 538.
 
 The embedded model comes from a GGUF quantised as Q4_1 (every layer: blocks of 32 weights, each
 `scale * q + low` with a 4-bit q and two float16 numbers) and Q8_0 (the tied embedding and head:
