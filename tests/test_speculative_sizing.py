@@ -109,7 +109,7 @@ def test_del_reads_shadow_tokens_less_often_while_it_takes_plain_steps():
         read = lens.due(step, drafting)
         reads += [step] * read
         lens.after(step, read, drafting)
-    assert reads == [0, 32, 96, 120, 124, 156]   # gaps 32, 64; drafting: every 4th; then 32
+    assert reads == [0, 16, 48, 112, 120, 124, 140, 172]   # gaps 16, 32, 64; drafting: every 4th; then 16, 32
 
 
 def test_token_recycling_warms_from_the_latest_prompt_rows(tiny_model, tiny_tokenizer):
