@@ -5,7 +5,7 @@ A one-token step is ~450 small operations (norms, rotary, attention, residuals) 
 products; eagerly each pays Python and dispatcher overhead and a thread fork, about a third of the
 step on a 2-core CPU. Compiled, the operations between products are fused into a few C++ loops. The
 products are calls of low_bit.cpp's kernel where the weights are exact low-bit codes (the embedded model:
-low_bit.py; a step 8-9 ms instead of 12-14); otherwise torch's compiler turns each one-row product
+low_bit.py; a step 6.4-6.9 ms instead of 12-14); otherwise torch's compiler turns each one-row product
 (written here as cpu_linear.split_linear's row-split batched product) into its own vectorised reduction
 loops, one OpenMP region per layer. Attention (SDPA) is called between them.
 
@@ -268,9 +268,10 @@ class CompiledStep:
         return self.compile_s
 
 
-# The biggest pass the second graph takes (without low-bit codes; with them low_bit.MAX_ROWS). Its products stay the row-split batched product, which beyond a few
-# rows loses to the oneDNN product the eager pass then uses (cpu_linear.py): same process, best of 5, after 32 /
-# 640 tokens, compiled vs eager, ms: 8 tokens 47 / 61 vs 51 / 87, but 11 tokens 78 / 103 vs 54 / 82.
+# The biggest pass the second graph takes without low-bit codes (with them: low_bit.MAX_ROWS). Its products stay
+# the row-split batched product, which beyond a few rows loses to the oneDNN product the eager pass then uses
+# (cpu_linear.py): same process, best of 5, after 32 / 640 tokens, compiled vs eager, ms: 8 tokens 47 / 61 vs
+# 51 / 87, but 11 tokens 78 / 103 vs 54 / 82.
 MAX_PASS_ROWS = 8
 
 

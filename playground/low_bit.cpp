@@ -112,30 +112,23 @@ void q8_group(const float* x, const uint8_t* group, long blocks, long k, float* 
 
 typedef void (*GroupFn)(const float*, const uint8_t*, long, long, float*, long, long, int);
 
-// One group for M input rows: all four weight rows at once while 4 * M accumulators fit the registers,
-// else two at a time (the group's records are then re-read from the core's cache, not from memory).
-template <int M, GroupFn (*Pick)(int, int)>
-void group_rows(const float* x, const uint8_t* group, long blocks, long k, float* y, long n, long j) {
-    constexpr int R = M <= 4 ? 4 : 2;
-    for (int r0 = 0; r0 < GROUP; r0 += R) Pick(M, R)(x, group, blocks, k, y, n, j, r0);
-}
-
 template <int M, int R> struct Q4 { static constexpr GroupFn fn = q4_group<M, R>; };
 template <int M, int R> struct Q8 { static constexpr GroupFn fn = q8_group<M, R>; };
 
-template <template <int, int> class F>
-GroupFn pick(int m, int r) {
-    static constexpr GroupFn four[4] = {F<1, 4>::fn, F<2, 4>::fn, F<3, 4>::fn, F<4, 4>::fn};
-    static constexpr GroupFn two[4] = {F<5, 2>::fn, F<6, 2>::fn, F<7, 2>::fn, F<8, 2>::fn};
-    return r == 4 ? four[m - 1] : two[m - 5];
+// One group for M input rows: all four weight rows at once while 4 * M accumulators fit the registers,
+// else two at a time (the group's records are then re-read from the core's cache, not from memory).
+template <template <int, int> class F, int M>
+void group_rows(const float* x, const uint8_t* group, long blocks, long k, float* y, long n, long j) {
+    constexpr int R = M <= 4 ? 4 : 2;
+    for (int r0 = 0; r0 < GROUP; r0 += R) F<M, R>::fn(x, group, blocks, k, y, n, j, r0);
 }
 
 template <template <int, int> class F>
 void product(const float* x, const uint8_t* data, long record, float* y, long m, long n, long k, int threads) {
     typedef void (*RowsFn)(const float*, const uint8_t*, long, long, float*, long, long);
     static constexpr RowsFn by_rows[CHUNK] = {
-        group_rows<1, pick<F>>, group_rows<2, pick<F>>, group_rows<3, pick<F>>, group_rows<4, pick<F>>,
-        group_rows<5, pick<F>>, group_rows<6, pick<F>>, group_rows<7, pick<F>>, group_rows<8, pick<F>>};
+        group_rows<F, 1>, group_rows<F, 2>, group_rows<F, 3>, group_rows<F, 4>,
+        group_rows<F, 5>, group_rows<F, 6>, group_rows<F, 7>, group_rows<F, 8>};
     const long blocks = k / 32, groups = n / GROUP;
     #pragma omp parallel num_threads(threads)
     {
