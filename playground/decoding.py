@@ -7,6 +7,7 @@ and `commit` (which turns a chosen token and the logits it came from into a Toke
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from typing import Callable, Iterator
@@ -18,6 +19,7 @@ from . import lean_forward, low_bit
 from .kv_cache import GrowingCache
 from .config import settings
 from .events import Alternative, Event, TokenEvent
+from .row_stats import RowStats, row_stats
 
 TOP_ALTERNATIVES = 5
 
@@ -181,10 +183,19 @@ class DecodeSession:
         return piece
 
     def describe(self, token_id: int, logits: torch.Tensor, index: int, logp: torch.Tensor | None = None,
-                 probs: torch.Tensor | None = None, **fields) -> TokenEvent:
-        """A TokenEvent for `token_id` chosen from `logits` (V,), without committing it. logp (V,): their
-        float64 log-softmax where the caller already has it (a softmax over 49k entries is ~0.1 ms), and
-        probs (V,) its exp, likewise."""
+                 probs: torch.Tensor | None = None, stats: RowStats | None = None, **fields) -> TokenEvent:
+        """A TokenEvent for `token_id` chosen from `logits` (V,), without committing it: its log-probability,
+        the entropy and the top alternatives of softmax(logits), read from the row's RowStats (row_stats.py;
+        `stats` where the caller already has them). logp (V,): a float64 log-softmax the caller already has
+        (a warped law, sampling), and probs (V,) its exp: then they are read instead."""
+        if logp is None and probs is None:
+            stats = row_stats(logits) if stats is None else stats
+            lse = float(stats.lse[0])
+            alternatives = [Alternative(int(i), self.token_text(int(i)), math.exp(v - lse))
+                            for v, i in zip(stats.values[0, :TOP_ALTERNATIVES].tolist(),
+                                            stats.indices[0, :TOP_ALTERNATIVES].tolist())]
+            return TokenEvent(index=index, token_id=token_id, text="", logprob=float(logits.flatten()[token_id]) - lse,
+                              entropy=float(stats.entropy[0]), alternatives=alternatives, **fields)
         logp = torch.log_softmax(logits.double(), -1) if logp is None else logp
         probs = logp.exp() if probs is None else probs
         # 0 log 0 = 0: the clamp keeps 0 * -inf from becoming NaN (xlogy does the same, 4x slower here)
@@ -196,9 +207,9 @@ class DecodeSession:
                           entropy=entropy, alternatives=alternatives, **fields)
 
     def commit(self, token_id: int, logits: torch.Tensor, logp: torch.Tensor | None = None,
-               probs: torch.Tensor | None = None, **fields) -> TokenEvent:
+               probs: torch.Tensor | None = None, stats: RowStats | None = None, **fields) -> TokenEvent:
         """Append a chosen token to the output and describe it (logits: the distribution it came from)."""
-        return self.emit(self.describe(token_id, logits, len(self.output_ids), logp, probs, **fields))
+        return self.emit(self.describe(token_id, logits, len(self.output_ids), logp, probs, stats, **fields))
 
     def emit(self, event: TokenEvent) -> TokenEvent:
         """Commit a token described earlier (beam search describes candidates before choosing)."""

@@ -21,7 +21,7 @@ import torch
 
 from strategies import REGISTRY, InvalidParameter, Strategy, UnknownStrategy
 
-from . import baseline, compiled_step
+from . import baseline, compiled_step, row_stats
 from .config import settings
 from .decoding import DecodeSession, Stopwatch
 from .events import ErrorEvent, Event, MetricsEvent, NoticeEvent, RunStarted, StatsEvent, TokenEvent
@@ -393,6 +393,7 @@ def warm_up(loaded: LoadedModel) -> None:
     decode rate (baseline.py) and the machine's memory bandwidth, while nothing else competes for the cores."""
     from strategies.speculative.cost_model import warm_up as time_passes
 
+    row_stats.kernel()                 # built (once per machine, a few seconds) before anything is timed
     if settings().compile_step:        # first: the passes below are timed as runs will make them
         compiled_step.prepare(loaded.model)
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))

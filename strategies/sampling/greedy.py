@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from playground.row_stats import row_stats
+
 from ..base import Strategy
 
 
@@ -22,8 +24,9 @@ class Greedy(Strategy):
         cache = s.new_cache()
         logits = s.prefill(cache)
         while True:
-            token = int(logits.argmax())
-            yield s.commit(token, logits)
+            stats = row_stats(logits)         # the argmax and the token's description in one read of the row
+            token = int(stats.indices[0, 0])
+            yield s.commit(token, logits, stats=stats)
             if s.is_eos(token) or not s.room():
                 return
             logits = s.forward([token], cache)[0][0]

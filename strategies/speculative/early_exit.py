@@ -43,6 +43,7 @@ import torch
 from playground import cpu_linear
 from playground.drafts import truncated_view
 from playground.events import LayerAcceptanceEvent
+from playground.row_stats import top_tokens
 
 from ..base import Param, Strategy
 from . import acceptance
@@ -69,7 +70,8 @@ def lens_tokens(model, hidden_states: tuple[torch.Tensor, ...], final_tokens: to
         stacked = torch.stack([hidden_states[m + 1][0, :positions] for m in early])    # (len(early), n, H)
         head = model.lm_head        # through the forward's own product kernels (MKL's took 16 ms a read here)
         with torch.inference_mode():
-            rows.insert(0, cpu_linear.linear(model.model.norm(stacked), head.weight, head.bias).argmax(-1).cpu())
+            early_logits = cpu_linear.linear(model.model.norm(stacked), head.weight, head.bias).float().cpu()
+            rows.insert(0, top_tokens(early_logits.flatten(0, 1))[:, 0].view(len(early), positions))
     return torch.cat(rows)            # compared with tokens picked on the CPU
 
 
@@ -359,7 +361,7 @@ class EarlyExit(Strategy):
         valid = accepted + 1
         if read_lens is False and not (greedy and layer and drafts):
             return                     # a plain round between lens reads: nothing to learn (skip the argmax)
-        target = logits[:valid].argmax(-1)
+        target = top_tokens(logits[:valid])[:, 0]
         if read_lens is not False:
             agreement.observe(lens_tokens(model, out.hidden_states, target, read_lens) == target,
                               slice(None) if read_lens is None else read_lens)

@@ -7,7 +7,8 @@ the committed TokenEvents and a StatsEvent. Tokens are committed up to the first
 the length limit; drafts on the accepted path beyond that are shown as "pruned" (cut).
 
 Node probabilities are shown in float64 from the same (warped, in sampling mode) distribution
-the verifier judged, computed only on the rows the tree uses.
+the verifier judged, computed only on the rows the tree uses (untempered: from each row's RowStats,
+row_stats.py, which also describe the committed tokens).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Callable
 import torch
 
 from playground.events import NoticeEvent, StatsEvent, TreeEvent, TreeNode, VerifyEvent
+from playground.row_stats import row_stats
 
 from . import acceptance
 from .tree import DraftTree
@@ -116,11 +118,21 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
     count = tokens_to_commit(session, proposed)
     rows = sorted(set(max(p, 0) for p in tree.parents) | set(verdict.path))
     scored = logits if len(rows) == len(logits) else logits[rows]      # every row (a plain round): no copy
-    warped = warp(scored.double()) if warp else scored.double()        # once per row, not per token
-    logp = dict(zip(rows, torch.log_softmax(warped, -1)))
-    p = {row: values.exp() for row, values in logp.items()}
-    kept = dict(zip(rows, torch.isfinite(warped).sum(-1).tolist())) if warp else {}   # tokens the warp kept
-    yield tree_event(session, tree, p, verdict, count, step, title, q, labels)
+    if warp is None:         # untempered: each row's RowStats give every number shown, in one read of the row
+        summary = row_stats(scored)
+        at, lse = {row: i for i, row in enumerate(rows)}, summary.lse.tolist()
+
+        def prob(row: int, token: int) -> float:
+            return math.exp(float(logits[row, token]) - lse[at[row]])
+    else:
+        warped = warp(scored.double())                                 # once per row, not per token
+        logp = dict(zip(rows, torch.log_softmax(warped, -1)))
+        p = {row: values.exp() for row, values in logp.items()}
+        kept = dict(zip(rows, torch.isfinite(warped).sum(-1).tolist()))   # tokens the warp kept
+
+        def prob(row: int, token: int) -> float:
+            return float(p[row][token])
+    yield tree_event(session, tree, prob, verdict, count, step, title, q, labels)
     rejection = rejection_record(session, verdict.rejection, verdict.accepted) if verdict.rejection else None
     yield VerifyEvent(step=step, drafted=len(tree) - 1, accepted=verdict.accepted, emitted=count,
                       depth_accepted=[verdict.accepted >= d for d in range(1, tree.max_depth() + 1)],
@@ -128,25 +140,26 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
     for i, token in enumerate(proposed[:count]):
         node = verdict.path[i]                           # token i was predicted at node path[i]
         fields = {"extra": {"accepted draft": float(i < verdict.accepted), **(extra(i) if extra else {})}}
-        if warp is not None:
-            fields.update(sampled_prob=float(p[node][token]), kept=kept[node])
-        # untempered, the rows' log-softmax is the committed token's distribution: computed once
-        yield session.commit(token, logits[node], logp=None if warp else logp[node], probs=None if warp else p[node],
-                             **fields)
+        if warp is None:         # untempered, the row's stats describe the committed token: read once
+            yield session.commit(token, logits[node], stats=summary.row(at[node]), **fields)
+        else:
+            yield session.commit(token, logits[node], logp=logp[node], probs=p[node], sampled_prob=prob(node, token),
+                                 kept=kept[node], **fields)
     yield stats.update(len(tree) - 1, verdict.accepted, count)
     return session.is_eos(proposed[count - 1]) or not session.room()
 
 
-def tree_event(session, tree: DraftTree, p: dict[int, torch.Tensor], verdict: Verdict, count: int, step: int,
+def tree_event(session, tree: DraftTree, prob: Callable[[int, int], float], verdict: Verdict, count: int, step: int,
                title: str, q: list[float | None] | None, labels: list[str] | None) -> TreeEvent:
     """Root, drafts (accepted / pruned: on the accepted path but cut at EOS or the length limit /
-    rejected), and the target's own token. A node's score is its draft q where known, else its p."""
+    rejected), and the target's own token. A node's score is its draft q where known, else its p
+    (prob(row, token): p of token after node row's root path)."""
     committed, on_path = set(verdict.path[:count]), set(verdict.path)
     nodes = [TreeNode(id=0, parent=None, token_id=tree.tokens[0], text=session.token_text(tree.tokens[0]),
                       score=1.0, status="accepted", label="root")]
     for i in range(1, len(tree)):
         parent, token = tree.parents[i], tree.tokens[i]
-        p_x, q_x = float(p[parent][token]), q[i] if q else None
+        p_x, q_x = prob(parent, token), q[i] if q else None
         status = "accepted" if i in committed else ("pruned" if i in on_path else "rejected")
         label = f"p={p_x:.2f}" + ("" if q_x is None else f" q={q_x:.2f}") + (f" {labels[i]}" if labels else "")
         nodes.append(TreeNode(id=i, parent=parent, token_id=token, text=session.token_text(token),
@@ -155,7 +168,7 @@ def tree_event(session, tree: DraftTree, p: dict[int, torch.Tensor], verdict: Ve
     chosen = verdict.path[count - 1]
     if count == len(verdict.path):                       # the target's own token was committed
         last, token = verdict.path[-1], verdict.next_token
-        p_x = float(p[last][token])
+        p_x = prob(last, token)
         kind = "bonus" if not tree.children(last) else "recovered"
         chosen = len(tree)
         nodes.append(TreeNode(id=chosen, parent=last, token_id=token, text=session.token_text(token), score=p_x,

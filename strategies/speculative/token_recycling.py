@@ -22,6 +22,7 @@ import weakref
 import torch
 
 from playground.events import StatsEvent
+from playground.row_stats import top_tokens
 
 from ..base import Param
 from .cost_model import CostModel, best_size, cost_model_for
@@ -157,19 +158,19 @@ def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]])
 
 
 def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None) -> int:
-    """M[token] = top-k of the logits after it, for every node, written in `order` (default: tree
-    order), so where a token occurs at several nodes the last one written wins. Returns how many more
+    """M[token] = top-k of the logits after it (equal logits: the lower token first), for every node, written
+    in `order` (default: tree order), so where a token occurs at several nodes the last one written wins. Returns how many more
     rows of M are warm (top entry not token 0, M's initial fill) than before, so callers keep the count
     without scanning M's V rows."""
     if len(tokens) == 1:                                     # a plain round: the root's row only
         was = int(matrix[tokens[0], 0] != 0)
-        matrix[tokens[0]] = logits[0].topk(matrix.shape[1]).indices
+        matrix[tokens[0]] = top_tokens(logits[:1], matrix.shape[1])[0]
         return int(matrix[tokens[0], 0] != 0) - was
     order = range(len(tokens)) if order is None else order
     last = {tokens[i]: i for i in order}
     rows, idx = torch.tensor(list(last.keys())), torch.tensor(list(last.values()))
     was = int(matrix[rows, 0].count_nonzero())
-    matrix[rows] = logits[idx].topk(matrix.shape[1], -1).indices
+    matrix[rows] = top_tokens(logits[idx], matrix.shape[1])
     return int(matrix[rows, 0].count_nonzero()) - was
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from playground.row_stats import argmax
+
 from ..base import InvalidParameter
 from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, chain_or_greedy, family_params
 from . import acceptance
@@ -86,7 +88,7 @@ def chain_tree(root: int, drafts: list[int]) -> DraftTree:
 
 def greedy_verdict(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     """logits (n, V) on the tree: the longest root path matching the target's argmax, then its argmax."""
-    predicted = logits.argmax(-1).tolist()
+    predicted = argmax(logits)
     path = greedy_accept(tree, predicted)
     return Verdict(path, predicted[path[-1]])
 
@@ -100,7 +102,7 @@ def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor
     rejection draw the recovered token from norm(max(0, p_i - q_i)); if all pass, a bonus from p_{n+1}.
     """
     if warp is None:
-        best = target_logits.argmax(-1).tolist()
+        best = argmax(target_logits)
         n = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
         return Verdict(list(range(n + 1)), best[n])
     p = probabilities(target_logits, warp)
