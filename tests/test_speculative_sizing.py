@@ -166,6 +166,29 @@ def test_token_recycling_holds_its_prompt_rows_back_until_a_tree_is_grown(tiny_m
             assert strategy.matrix[prompt[i]].tolist() == sequential_logits(tiny_model, prompt[:i + 1]).topk(3).indices.tolist()
 
 
+def test_token_recycling_pays_only_for_the_prompt_rows_its_trees_read(tiny_model, tiny_tokenizer):
+    """A held prompt row is written when a tree is about to read it (with the tree's other held tokens, in
+    one product), never all 128 at the first tree: short trees leave most rows unpaid, and every row they
+    read is the one the prompt gives (the latest context of that token), so the output is greedy's."""
+    from test_speculative_greedy import sequential_logits
+
+    prompt = [(5 * i) % 40 + 3 for i in range(30)]
+    session = DecodeSession(tiny_model, tiny_tokenizer, prompt, 8, set(), 0)
+    strategy = REGISTRY["token_recycling"](top_k=3, max_nodes=2, adaptive=False)
+    read: list[int] = []
+    real = strategy.warm_up_matrix
+    strategy.warm_up_matrix = lambda tokens=None: (read.extend(t for t in tokens if t in strategy.held), real(tokens))
+    out = [e.token_id for e in strategy.decode(session) if isinstance(e, TokenEvent)]
+    assert out == greedy(tiny_model, tiny_tokenizer, prompt, max_new=8)
+    window = set(prompt[:-1])
+    assert 0 < len(read) < len(window) and strategy.held                  # some rows paid for, most not
+    latest = {token: i for i, token in enumerate(prompt[:-1])}
+    rounds_wrote = {prompt[-1], *out}
+    for token in set(read) - rounds_wrote:                                 # still the prompt's row
+        expected = sequential_logits(tiny_model, prompt[:latest[token] + 1]).topk(3).indices.tolist()
+        assert strategy.matrix[token].tolist() == expected
+
+
 def _roots_and_written(prompt, out):
     """Each round's root, and whether a round had written its row before (the first root: none had)."""
     roots, seen = [prompt[-1]] + out[:-1], set()

@@ -119,8 +119,11 @@ def round_events(session, tree: DraftTree, logits: torch.Tensor, verdict: Verdic
     rows = sorted(set(max(p, 0) for p in tree.parents) | set(verdict.path))
     scored = logits if len(rows) == len(logits) else logits[rows]      # every row (a plain round): no copy
     if warp is None:         # untempered: each row's RowStats give every number shown, in one read of the row
-        summary = row_stats(scored)
-        at, lse = {row: i for i, row in enumerate(rows)}, summary.lse.tolist()
+        if verdict.stats is not None:                                  # the verdict's, of every row
+            summary, at = verdict.stats, {row: row for row in rows}
+        else:
+            summary, at = row_stats(scored), {row: i for i, row in enumerate(rows)}
+        lse = summary.lse.tolist()
 
         def prob(row: int, token: int) -> float:
             return math.exp(float(logits[row, token]) - lse[at[row]])

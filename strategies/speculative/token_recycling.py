@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import weakref
 
 import torch
 
+from playground import cpu_linear
 from playground.events import StatsEvent
 from playground.row_stats import top_tokens
 
@@ -138,14 +139,18 @@ def frozen_budget(rates: list[float], costs: CostModel, limit: int, context: int
     return positions[:best], values, best
 
 
-def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]]) -> DraftTree:
+def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]],
+              warm: Callable[[int, list[int]], None] | None = None) -> DraftTree:
     """Follow the template through M; a position whose token repeats a sibling's is dropped with
-    its subtree (it would be verified twice)."""
+    its subtree (it would be verified twice). warm(token, tree tokens so far): called before M[token]
+    is read (Token Recycling writes a held-back prompt row then)."""
     tree = DraftTree.rooted(root)
     node_of = [0]                                            # template index -> tree node (None: dropped)
     siblings: dict[int, set[int]] = {0: set()}
     for parent, rank in positions:
         at = node_of[parent]
+        if at is not None and warm is not None:
+            warm(tree.tokens[at], tree.tokens)
         token = None if at is None else int(matrix[tree.tokens[at], rank])
         if token is None or token in siblings[at]:
             node_of.append(None)
@@ -157,20 +162,24 @@ def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]])
     return tree
 
 
-def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None) -> int:
+def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None,
+                 top: torch.Tensor | None = None) -> int:
     """M[token] = top-k of the logits after it (equal logits: the lower token first), for every node, written
     in `order` (default: tree order), so where a token occurs at several nodes the last one written wins. Returns how many more
     rows of M are warm (top entry not token 0, M's initial fill) than before, so callers keep the count
-    without scanning M's V rows."""
+    without scanning M's V rows. top (n, >= k): each node's top tokens where the round already has them
+    (the verdict's RowStats)."""
+    k = matrix.shape[1]
     if len(tokens) == 1:                                     # a plain round: the root's row only
-        was = int(matrix[tokens[0], 0] != 0)
-        matrix[tokens[0]] = top_tokens(logits[:1], matrix.shape[1])[0]
-        return int(matrix[tokens[0], 0] != 0) - was
+        row = top_tokens(logits[:1], k)[0] if top is None else top[0, :k]
+        was = matrix[tokens[0], 0].item() != 0
+        matrix[tokens[0]] = row
+        return (row[0].item() != 0) - was
     order = range(len(tokens)) if order is None else order
     last = {tokens[i]: i for i in order}
     rows, idx = torch.tensor(list(last.keys())), torch.tensor(list(last.values()))
     was = int(matrix[rows, 0].count_nonzero())
-    matrix[rows] = top_tokens(logits[idx], matrix.shape[1])
+    matrix[rows] = top_tokens(logits[idx], k) if top is None else top[idx, :k]
     return int(matrix[rows, 0].count_nonzero()) - was
 
 
@@ -190,17 +199,17 @@ class TokenRecycling(SpeculationLoop):
         Param("adaptive", "bool", True, help="Pick the tree size from measured cost and running acceptance; "
                                              "off: always max_nodes."),
         Param("matrix", "choice", "per run", choices=("per run", "shared"),
-              help="per run: M starts empty and is warmed from the prompt's last 128 positions when the first tree is "
-                   "grown (reproducible traces); shared: one M "
+              help="per run: M starts empty and is warmed from the prompt's last 128 positions as trees first read "
+                   "their rows (reproducible traces); shared: one M "
                    "per model, kept hot across runs as in the paper (later runs draft from earlier ones)."),
     )
 
     def prefill(self, s, cache):
         """Cache the whole prompt and hold back what M is warmed from: the final hidden states of the last
         WARM_ROWS prompt positions (the latest ones: the likeliest to recur), put through the LM head only
-        when the first tree is grown (warm_up_matrix). On this CPU no tree may ever pay, and then the head
-        over 64-128 rows (17-30 ms, two plain steps) bought nothing: Token Recycling read 0.90x greedy on
-        the held-out translation prompts, whose answers are 36-77 tokens."""
+        as trees read their rows (warm_row). On this CPU no tree may ever pay, and then the head over 64-128
+        rows (17-30 ms, two plain steps) bought nothing: Token Recycling read 0.90x greedy on the held-out
+        translation prompts, whose answers are 36-77 tokens."""
         k = self.p["top_k"]
         shared = self.p["matrix"] == "shared"
         self.head = s.model.get_output_embeddings()
@@ -220,20 +229,32 @@ class TokenRecycling(SpeculationLoop):
         self.warm_rows = int(self.matrix[:, 0].count_nonzero())     # then kept by refresh_rows' counts
         return root, logits
 
-    def warm_up_matrix(self) -> None:
-        """Write the held prompt rows into M: the top-k of the target's logits after each held token (its
-        latest position in the window), except rows a round has written since, whose context is later."""
-        if not self.held:
+    def warm_up_matrix(self, tokens: list[int] | None = None) -> None:
+        """Write held prompt rows into M (default: all of them): the top-k of the target's logits after each
+        held token (its latest position in the window), except rows a round has written since, whose
+        context is later. Through the forward's own product kernels (a few rows: the codes' kernel, ~0.8 ms
+        a row; F.linear's MKL took ~10 ms for one)."""
+        tokens = list(self.held) if tokens is None else [t for t in tokens if t in self.held]
+        if not tokens:
             return
-        tokens = list(self.held)
         with torch.inference_mode():
-            logits = self.head(self.held_states[list(self.held.values())])
+            logits = cpu_linear.linear(self.held_states[[self.held[t] for t in tokens]], self.head.weight, self.head.bias)
         self.warm_rows += refresh_rows(self.matrix, tokens, logits.float().cpu())
-        self.held, self.held_states = {}, None
+        for token in tokens:
+            del self.held[token]
 
-    def write_rows(self, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None) -> None:
+    def warm_row(self, token: int, tree_tokens: list[int]) -> None:
+        """M[token] is about to be read (grow_tree): if its prompt row is still held back, write it now, with
+        those of the tree's other held tokens (the likely next parents), in one LM-head product. Only the
+        rows a tree reads are ever paid for: warming all 128 when the first tree was grown cost ~34 ms, five
+        steps, in runs whose trees then drafted a few nodes (0.91x greedy on a held-out translation prompt)."""
+        if token in self.held:
+            self.warm_up_matrix(list(dict.fromkeys([token, *tree_tokens])))
+
+    def write_rows(self, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None,
+                   top: torch.Tensor | None = None) -> None:
         """refresh_rows, and those tokens' held prompt rows are dropped: a round's row is the later one."""
-        self.warm_rows += refresh_rows(self.matrix, tokens, logits, order)
+        self.warm_rows += refresh_rows(self.matrix, tokens, logits, order, top)
         for token in tokens:
             self.held.pop(token, None)
 
@@ -249,9 +270,7 @@ class TokenRecycling(SpeculationLoop):
         else:
             positions, values = best_first_template(rates, limit)
             budget = choose_budget(values, self.costs, limit, context) if self.p["adaptive"] and limit else limit
-        if budget and self.held:
-            self.warm_up_matrix()            # the first tree: now M's prompt rows can pay for their head pass
-        tree = grow_tree(root, self.matrix, positions[:budget])
+        tree = grow_tree(root, self.matrix, positions[:budget], self.warm_row if self.held else None)
         return Draft(tree, source=f"recycled top-{self.p['top_k']} (tree of {len(tree) - 1})",
                      context=(budget, values))
 
@@ -268,7 +287,9 @@ class TokenRecycling(SpeculationLoop):
         # The accepted path is the real context: its rows are written last, so they win over a
         # rejected node holding the same token (whose context never happened).
         on_path = set(path)
-        self.write_rows(tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path)
+        stats = verdict.stats                     # the verdict's top tokens of each row, where it read them whole
+        top = stats.indices if stats is not None and stats.indices.shape[1] >= self.matrix.shape[1] else None
+        self.write_rows(tree.tokens, logits, [i for i in range(len(tree)) if i not in on_path] + path, top)
         if self.p["adaptive"] and self.p["max_nodes"] > 0:           # only the cost model can choose no tree
             yield from self.notice.update(budget == 0, step)
         yield StatsEvent({"tree budget (nodes)": budget, "expected tokens per round": 1 + sum(values[:budget]),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from playground.row_stats import argmax
+from playground.row_stats import RowStats, row_stats
 
 from ..base import InvalidParameter
 from ..sampling.warpers import MIN_SAMPLING_TEMPERATURE, chain_or_greedy, family_params
@@ -61,6 +61,7 @@ class Verdict:
     path: list[int]                  # accepted tree nodes, root (node 0) first
     next_token: int                  # the target's own token after the path (recovered or bonus)
     rejection: dict | None = None    # sampling: see rejection() below
+    stats: RowStats | None = None    # greedy: every row's RowStats where the verdict read them whole (row_stats.py)
 
     @property
     def accepted(self) -> int:
@@ -86,11 +87,22 @@ def chain_tree(root: int, drafts: list[int]) -> DraftTree:
     return DraftTree([root] + drafts, list(range(-1, len(drafts))))
 
 
+WHOLE_ROWS = 17     # up to this many rows (a plain step, a chain) a verdict reads them whole, once for the round
+
+
+def greedy_rows(logits: torch.Tensor) -> tuple[list[int], RowStats | None]:
+    """Each row's argmax, and the rows' RowStats where there are at most WHOLE_ROWS of them: the round's
+    events and learning then read the rows no more (a big tree's rows: only their argmax, ~4 us a row)."""
+    whole = len(logits) <= WHOLE_ROWS
+    stats = row_stats(logits, sums=whole)
+    return stats.indices[:, 0].tolist(), stats if whole else None
+
+
 def greedy_verdict(tree: DraftTree, logits: torch.Tensor) -> Verdict:
     """logits (n, V) on the tree: the longest root path matching the target's argmax, then its argmax."""
-    predicted = argmax(logits)
+    predicted, stats = greedy_rows(logits)
     path = greedy_accept(tree, predicted)
-    return Verdict(path, predicted[path[-1]])
+    return Verdict(path, predicted[path[-1]], stats=stats)
 
 
 def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor | None, warp,
@@ -102,9 +114,9 @@ def verify_chain(target_logits: torch.Tensor, drafts: list[int], q: torch.Tensor
     rejection draw the recovered token from norm(max(0, p_i - q_i)); if all pass, a bonus from p_{n+1}.
     """
     if warp is None:
-        best = argmax(target_logits)
+        best, stats = greedy_rows(target_logits)
         n = next((i for i, x in enumerate(drafts) if x != best[i]), len(drafts))
-        return Verdict(list(range(n + 1)), best[n])
+        return Verdict(list(range(n + 1)), best[n], stats=stats)
     p = probabilities(target_logits, warp)
     for i, x in enumerate(drafts):
         outcome = acceptance.speculative_accept(p[i], q[i], torch.tensor([x]), generator)
