@@ -390,14 +390,18 @@ WARM_UP_PROMPT = "Write a short story about a robot who learns to paint."
 
 def warm_up(loaded: LoadedModel) -> None:
     """Before any visitor's run: time the model's verification passes (the cost model), its greedy
-    decode rate (baseline.py) and the machine's memory bandwidth, while nothing else competes for the cores."""
+    decode rate (baseline.py), what each method measures of the model itself (Strategy.warm_up) and the
+    machine's memory bandwidth, while nothing else competes for the cores."""
     from strategies.speculative.cost_model import warm_up as time_passes
 
     row_stats.kernel()                 # built (once per machine, a few seconds) before anything is timed
     if settings().compile_step:        # first: the passes below are timed as runs will make them
         compiled_step.prepare(loaded.model)
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
-    baseline.measure_at_start_up(loaded, loaded.encode_prompt(WARM_UP_PROMPT, chat=True))
+    prompt_ids = loaded.encode_prompt(WARM_UP_PROMPT, chat=True)
+    baseline.measure_at_start_up(loaded, prompt_ids)
+    for strategy in REGISTRY.values():
+        strategy.warm_up(DecodeSession(loaded.model, loaded.tokenizer, prompt_ids, 1, set(), 0))
     machine_bandwidth_gb_s()           # measured (or re-measured when stale) while no visitor competes
 
 

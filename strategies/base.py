@@ -126,6 +126,11 @@ class Strategy:
         raise NotImplementedError
 
     @classmethod
+    def warm_up(cls, session: DecodeSession) -> None:
+        """Once per model at start-up, before any visitor (runner.warm_up, after the pass costs): measure what
+        this method's decisions read from the model itself, on the session's prompt. Nothing by default."""
+
+    @classmethod
     def schema(cls) -> dict[str, Any]:
         return {
             "name": cls.name,

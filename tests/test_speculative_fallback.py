@@ -235,3 +235,34 @@ def test_del_reads_only_reachable_layers_and_decides_as_if_it_read_them_all(agre
     assert exits == all_exits and verify == all_verify and any(d for d, _ in verify)
     assert all(n > 0 for n in seen[:4] + seen[7:]) and seen[4:7] == [0.0] * 3
     assert all(n > 0 for n in all_seen)
+
+
+def test_del_measures_each_layers_agreement_on_the_models_own_text(agreeing_target, tiny_model, tiny_tokenizer):
+    """At start-up (EarlyExit.warm_up) every exit layer is read at 32 positions of the model's greedy
+    continuation: a model whose layers after the first add nothing agrees everywhere; a random one does
+    not at its early layers, and its last layer is its own argmax."""
+    prompt = [5, 17, 33, 41, 8]
+    agree = early_exit.measure_agreement(DecodeSession(agreeing_target, tiny_tokenizer, prompt, 1, set(), 0))
+    assert agree.tolist() == [1.0] * agreeing_target.config.num_hidden_layers
+    rand = early_exit.measure_agreement(DecodeSession(tiny_model, tiny_tokenizer, prompt, 1, set(), 0))
+    assert rand[-1] == 1.0 and rand[0] < 0.5
+    assert all(v * 32 == round(v * 32) for v in rand.tolist())                # a share of 32 positions
+
+
+@pytest.mark.parametrize("measured, first_read", [(None, 1), (0.0, 16), (1.0, 1)])
+def test_del_waits_for_its_first_lens_reading_when_no_layer_paid_at_start_up(agreeing_target, tiny_tokenizer, unpin,
+                                                                              monkeypatch, measured, first_read):
+    """Layers that agreed nowhere at start-up: the first reading comes FIRST_GAP rounds in, and a notice says
+    why; agreeing ones, or no start-up measurement: round 1, as before. Output equals greedy either way."""
+    unpin(agreeing_target)
+    pin_costs(agreeing_target, FREE_DRAFTS)
+    layers = agreeing_target.config.num_hidden_layers
+    if measured is not None:
+        monkeypatch.setitem(early_exit._AT_START, agreeing_target, torch.full((layers,), measured, dtype=torch.float64))
+    prompt = [5, 17, 33, 41, 8]
+    ours, events = run(agreeing_target, tiny_tokenizer, EarlyExit(), prompt, 40)
+    assert ours == greedy(agreeing_target, tiny_tokenizer, prompt, max_new=40)
+    read = [e.step for e in events if isinstance(e, LayerAcceptanceEvent) and sum(e.samples) > 0]
+    assert read[0] == first_read
+    said = [e.message for e in events if isinstance(e, NoticeEvent) and e.key == "logit lens"]
+    assert bool(said) == (first_read == 16) and all("first read at round 17" in m for m in said)
