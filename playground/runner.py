@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import logging
 import platform
 import threading
 import time
@@ -28,6 +29,8 @@ from .events import ErrorEvent, Event, MetricsEvent, NoticeEvent, RunStarted, St
 from .hardware import machine_bandwidth_gb_s
 from .models import DTYPES, EMBEDDED, LoadedModel, ModelLoadError, load_model
 from .sanitize import UnsafeText, clean
+
+log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 100_000
 DEFAULT_DRAFT = f"{EMBEDDED}@layers=24"   # the embedded model's first 24 of 30 layers (playground/drafts.py)
@@ -400,8 +403,11 @@ def warm_up(loaded: LoadedModel) -> None:
     time_passes(DecodeSession(loaded.model, loaded.tokenizer, [], 1, set(), 0))
     prompt_ids = loaded.encode_prompt(WARM_UP_PROMPT, chat=True)
     baseline.measure_at_start_up(loaded, prompt_ids)
-    for strategy in REGISTRY.values():
-        strategy.warm_up(DecodeSession(loaded.model, loaded.tokenizer, prompt_ids, 1, set(), 0))
+    for name, strategy in REGISTRY.items():
+        try:
+            strategy.warm_up(DecodeSession(loaded.model, loaded.tokenizer, prompt_ids, 1, set(), 0))
+        except Exception as exc:  # a method that cannot measure this model runs without it; the server starts
+            log.warning("%s measured nothing at start-up on %s: %s: %s", name, loaded.model_id, type(exc).__name__, exc)
     machine_bandwidth_gb_s()           # measured (or re-measured when stale) while no visitor competes
 
 
