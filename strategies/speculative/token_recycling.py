@@ -165,10 +165,10 @@ def grow_tree(root: int, matrix: torch.Tensor, positions: list[tuple[int, int]],
 def refresh_rows(matrix: torch.Tensor, tokens: list[int], logits: torch.Tensor, order: list[int] | None = None,
                  top: torch.Tensor | None = None) -> int:
     """M[token] = top-k of the logits after it (equal logits: the lower token first), for every node, written
-    in `order` (default: tree order), so where a token occurs at several nodes the last one written wins. Returns how many more
-    rows of M are warm (top entry not token 0, M's initial fill) than before, so callers keep the count
-    without scanning M's V rows. top (n, >= k): each node's top tokens where the round already has them
-    (the verdict's RowStats)."""
+    in `order` (default: tree order), so where a token occurs at several nodes the last one written wins.
+    Returns how many more rows of M are warm (top entry not token 0, M's initial fill) than before, so
+    callers keep the count without scanning M's V rows. top (n, >= k): each node's top tokens where the
+    round already has them (the verdict's RowStats)."""
     k = matrix.shape[1]
     if len(tokens) == 1:                                     # a plain round: the root's row only
         row = top_tokens(logits[:1], k)[0] if top is None else top[0, :k]
