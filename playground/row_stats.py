@@ -35,9 +35,6 @@ class RowStats:
     lse: torch.Tensor         # (n,) float64: log sum exp of the row
     entropy: torch.Tensor     # (n,) float64: of the row's softmax, in nats
 
-    def argmax(self) -> list[int]:
-        return self.indices[:, 0].tolist()
-
     def row(self, i: int) -> "RowStats":
         return RowStats(self.values[i:i + 1], self.indices[i:i + 1], self.lse[i:i + 1], self.entropy[i:i + 1])
 

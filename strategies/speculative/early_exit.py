@@ -49,7 +49,7 @@ import torch
 from playground import cpu_linear
 from playground.drafts import truncated_view
 from playground.events import LayerAcceptanceEvent, NoticeEvent
-from playground.row_stats import top_tokens
+from playground.row_stats import argmax, top_tokens
 
 from ..base import Param, Strategy
 from . import acceptance
@@ -247,7 +247,7 @@ def measure_agreement(session, tokens: int = WARM_UP_TOKENS) -> torch.Tensor:
     logits = session.prefill(cache)
     text: list[int] = []
     for _ in range(tokens):
-        text.append(int(top_tokens(logits)[0, 0]))
+        text.append(argmax(logits)[0])
         logits = session.forward(text[-1:], cache)[0][0]
     keep_prefix(cache, len(session.prompt_ids) - 1)
     logits, out = session.forward(session.prompt_ids[-1:] + text[:-1], cache, last_only=False,
@@ -330,9 +330,9 @@ class EarlyExit(Strategy):
         planned, key = None, None
         stats, step, notice = AcceptanceStats(), 0, PlainStepNotice()
         lens = LensSchedule(self.p["lens_every"])
-        yield from self.wait_for_lens(s, head, cost_model_for(s.model), lens)
         automatic = self.falls_back()          # DEL chooses (l, d) itself
         costs = cost_model_for(s.model)
+        yield from self.wait_for_lens(s, head, costs, lens)
         guard = PlainFallback() if self.falls_back() and costs.frozen else None    # fallback.py
         while True:
             context = s.prompt_ids + s.output_ids
